@@ -1,0 +1,284 @@
+"""In-process backend: a sorted dict of bytes, with TTLs.
+
+Keys live in a :class:`sortedcontainers.SortedDict`, so a point read is a dict lookup and a
+range query costs O(log n + k) instead of sorting every key. Expiry is both lazy (a read of an
+expired key removes it) and periodic (a timer on the running event loop reaps expired keys
+from a heap ordered by expiry time, so memory does not grow with keys nobody reads again).
+
+Every operation completes without yielding to the event loop, so operations are atomic with
+respect to other tasks; a lock makes them atomic with respect to other threads as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import heapq
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from sortedcontainers import SortedDict
+
+from statekit.backends.base import BackendStats, parse_counter, prefix_upper_bound
+from statekit.errors import NotInitialized
+
+__all__ = ["MemoryStateBackend"]
+
+DEFAULT_CLEANUP_INTERVAL = 1.0
+
+
+class MemoryStateBackend:
+    """A fast, non-persistent backend for tests, development and single-process jobs.
+
+    Args:
+        cleanup_interval: seconds between sweeps of expired keys (they are also dropped
+            lazily whenever they are read).
+        clock: returns the current time in seconds; inject a fake clock to test TTLs.
+    """
+
+    backend_type = "memory"
+    persistent = False
+
+    def __init__(
+        self,
+        *,
+        cleanup_interval: float = DEFAULT_CLEANUP_INTERVAL,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._data: SortedDict = SortedDict()
+        self._expires: dict[str, float] = {}
+        # (expires_at, key) entries; stale when the key's current expiry differs.
+        self._expiry_heap: list[tuple[float, str]] = []
+        self._lock = threading.RLock()
+        self._clock = clock
+        self._cleanup_interval = cleanup_interval
+        self._reaper: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._stats = BackendStats(backend_type=self.backend_type)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def get(self, key: str) -> bytes | None:
+        self._check_open()
+        stats = self._stats
+        stats.get_count += 1
+        value: bytes | None = self._data.get(key)
+        if value is not None and self._expires and self._is_expired(key):
+            value = None
+        if value is None:
+            stats.miss_count += 1
+            return None
+        stats.hit_count += 1
+        stats.bytes_read += len(value)
+        return value
+
+    async def exists(self, key: str) -> bool:
+        self._check_open()
+        return key in self._data and not (self._expires and self._is_expired(key))
+
+    async def list_keys(self, prefix: str = "") -> list[str]:
+        self._check_open()
+        with self._lock:
+            return [key for key in self._iter_range(prefix, prefix_upper_bound(prefix))]
+
+    async def range(
+        self, start: str, end: str | None = None, limit: int | None = None
+    ) -> list[tuple[str, bytes]]:
+        self._check_open()
+        upper = prefix_upper_bound(start) if end is None else end
+        out: list[tuple[str, bytes]] = []
+        if limit is not None and limit <= 0:
+            return out
+        with self._lock:
+            for key in self._iter_range(start, upper):
+                out.append((key, self._data[key]))
+                if limit is not None and len(out) >= limit:
+                    break
+        self._stats.bytes_read += sum(len(v) for _, v in out)
+        return out
+
+    async def batch_get(self, keys: Sequence[str]) -> list[bytes | None]:
+        self._check_open()
+        self._stats.batch_count += 1
+        data = self._data
+        with self._lock:
+            values: list[bytes | None] = [data.get(k) for k in keys]
+            if self._expires:
+                for i, key in enumerate(keys):
+                    if values[i] is not None and self._is_expired(key):
+                        values[i] = None
+        hits = sum(1 for v in values if v is not None)
+        self._stats.get_count += len(values)
+        self._stats.hit_count += hits
+        self._stats.miss_count += len(values) - hits
+        return values
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def put(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        self._check_open()
+        with self._lock:
+            self._set(key, value, ttl)
+        self._stats.put_count += 1
+        self._stats.bytes_written += len(value)
+
+    async def batch_put(self, pairs: Iterable[tuple[str, bytes]], ttl: float | None = None) -> None:
+        self._check_open()
+        items = list(pairs)
+        with self._lock:
+            if ttl is None and not self._expires:
+                self._data.update(items)  # fast path: no expiry bookkeeping at all
+            else:
+                for key, value in items:
+                    self._set(key, value, ttl)
+        self._stats.batch_count += 1
+        self._stats.put_count += len(items)
+        self._stats.bytes_written += sum(len(v) for _, v in items)
+
+    async def delete(self, key: str) -> bool:
+        self._check_open()
+        with self._lock:
+            existed = self._pop_live(key) is not None
+        self._stats.delete_count += 1
+        return existed
+
+    async def batch_delete(self, keys: Sequence[str]) -> int:
+        self._check_open()
+        with self._lock:
+            removed = sum(1 for key in keys if self._pop_live(key) is not None)
+        self._stats.batch_count += 1
+        self._stats.delete_count += len(keys)
+        return removed
+
+    async def set_if_not_exists(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        self._check_open()
+        with self._lock:
+            if key in self._data and not self._is_expired(key):
+                return False
+            self._set(key, value, ttl)
+        self._stats.put_count += 1
+        return True
+
+    async def get_and_delete(self, key: str) -> bytes | None:
+        self._check_open()
+        with self._lock:
+            return self._pop_live(key)
+
+    async def incr_by(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        self._check_open()
+        with self._lock:
+            current = self._data.get(key)
+            if current is not None and self._is_expired(key):
+                current = None
+            if current is None:
+                new = amount
+                self._set(key, str(new).encode(), ttl)
+            else:
+                new = parse_counter(current, key, self.backend_type) + amount
+                self._data[key] = str(new).encode()  # keeps its existing expiry
+        return new
+
+    # -- housekeeping --------------------------------------------------------------------
+
+    async def health_check(self) -> bool:
+        return not self._closed
+
+    def stats(self, prefix: str = "") -> BackendStats:
+        with self._lock:
+            if self._expires:
+                self._reap_expired()
+            if prefix:
+                upper = prefix_upper_bound(prefix)
+                keys = list(self._data.irange(prefix, upper, inclusive=(True, False)))
+                total = len(keys)
+                expiring = sum(1 for key in keys if key in self._expires)
+            else:
+                total = len(self._data)
+                expiring = len(self._expires)
+        return dataclasses.replace(self._stats, total_keys=total, expiring_keys=expiring)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+
+    # -- internals (call with the lock held) ---------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise NotInitialized("the memory backend is closed", backend_type=self.backend_type)
+
+    def _set(self, key: str, value: bytes, ttl: float | None) -> None:
+        self._data[key] = value
+        if ttl is None:
+            if self._expires:
+                self._expires.pop(key, None)
+            return
+        expires_at = self._clock() + ttl
+        self._expires[key] = expires_at
+        heapq.heappush(self._expiry_heap, (expires_at, key))
+        if len(self._expiry_heap) > 2 * len(self._expires) + 1024:
+            self._compact_heap()
+        self._arm_reaper()
+
+    def _is_expired(self, key: str) -> bool:
+        expires_at = self._expires.get(key)
+        if expires_at is None or expires_at > self._clock():
+            return False
+        with self._lock:
+            # Re-check under the lock: another thread may have re-put the key meanwhile.
+            expires_at = self._expires.get(key)
+            if expires_at is not None and expires_at <= self._clock():
+                del self._data[key]
+                del self._expires[key]
+                return True
+            return False
+
+    def _pop_live(self, key: str) -> bytes | None:
+        if key not in self._data:
+            return None
+        expired = self._is_expired(key)
+        if expired:
+            return None
+        self._expires.pop(key, None)
+        value: bytes = self._data.pop(key)
+        return value
+
+    def _iter_range(self, start: str, end: str | None) -> Iterable[str]:
+        now = self._clock()
+        expires = self._expires
+        for key in self._data.irange(start, end, inclusive=(True, False)):
+            expires_at = expires.get(key) if expires else None
+            if expires_at is None or expires_at > now:
+                yield key
+
+    def _reap_expired(self) -> None:
+        now = self._clock()
+        heap = self._expiry_heap
+        while heap and heap[0][0] <= now:
+            expires_at, key = heapq.heappop(heap)
+            if self._expires.get(key) == expires_at:
+                del self._expires[key]
+                del self._data[key]
+
+    def _compact_heap(self) -> None:
+        self._expiry_heap = [(at, key) for key, at in self._expires.items()]
+        heapq.heapify(self._expiry_heap)
+
+    def _arm_reaper(self) -> None:
+        if self._reaper is not None or self._closed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (called from a thread): lazy expiry and stats() still reap
+        self._reaper = loop.call_later(self._cleanup_interval, self._on_reaper_timer)
+
+    def _on_reaper_timer(self) -> None:
+        self._reaper = None
+        with self._lock:
+            self._reap_expired()
+            if self._expiry_heap:
+                self._arm_reaper()

@@ -1,0 +1,142 @@
+"""The statekit exception hierarchy.
+
+Every error statekit raises derives from :class:`StateError`, so ``except StateError`` catches
+all of them. Where it helps callers, an error also derives from the matching builtin::
+
+    * StateError
+      x ConfigError (also ValueError)        bad option, URL, env variable or TOML value
+      x NotInitialized                       a store or backend used before set-up or after close()
+      x KeyNotFound (also KeyError)          a key that had to exist does not
+      x InvalidKey (also TypeError)          a key that is not a non-empty str
+      x SerializationFailed                  a value the codec cannot encode; nothing was written
+      x DeserializationFailed                stored bytes the codec cannot decode (or a bad signature)
+      x StorageError                         the backend (disk, server) failed an operation
+      x CorruptData (also ValueError)        a framed buffer or file is truncated, altered or foreign
+      x CheckpointFailed                     a checkpoint could not be written
+      x RestoreFailed                        no checkpoint could be restored
+      x LockExistsError                      a lock is held by someone else
+      x LockLost                             a held lock was lost (expired, deleted, rewritten)
+
+Messages say what failed, on which key or file, and what to do; the key or path is also kept
+as an attribute (``err.key``, ``err.path``) so callers need not parse text.
+
+This module must never import ``statekit._native``: the Rust core raises these classes and
+imports this module lazily, so a cycle would break both.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointFailed",
+    "ConfigError",
+    "CorruptData",
+    "DeserializationFailed",
+    "InvalidKey",
+    "KeyNotFound",
+    "LockExistsError",
+    "LockLost",
+    "NotInitialized",
+    "RestoreFailed",
+    "SerializationFailed",
+    "StateError",
+    "StorageError",
+]
+
+
+class StateError(Exception):
+    """Root of every statekit error."""
+
+
+class ConfigError(StateError, ValueError):
+    """An option, URL, environment variable or TOML value is invalid.
+
+    The message lists the valid choices where there is a fixed set of them.
+    """
+
+
+class NotInitialized(StateError):
+    """A store or backend was used before it was set up, or after it was closed."""
+
+    def __init__(self, message: str, *, backend_type: str | None = None) -> None:
+        super().__init__(message)
+        self.backend_type = backend_type
+
+
+class KeyNotFound(StateError, KeyError):
+    """A key that had to exist does not."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"key {self.key!r} not found"
+
+
+class InvalidKey(StateError, TypeError):
+    """A key is not a non-empty ``str``."""
+
+
+class SerializationFailed(StateError):
+    """The codec could not encode a value. Nothing was written."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class DeserializationFailed(StateError):
+    """Stored bytes could not be decoded, or their signature did not verify."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class StorageError(StateError):
+    """The storage layer (a file, a database, a server) failed an operation."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        backend_type: str | None = None,
+        key: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.backend_type = backend_type
+        self.key = key
+        self.path = path
+
+
+class CorruptData(StateError, ValueError):
+    """A framed buffer, snapshot or state file is truncated, altered or not ours."""
+
+
+class CheckpointFailed(StateError):
+    """A checkpoint could not be written; the previous checkpoints are untouched."""
+
+    def __init__(self, message: str, *, checkpoint_id: str | None = None) -> None:
+        super().__init__(message)
+        self.checkpoint_id = checkpoint_id
+
+
+class RestoreFailed(StateError):
+    """No checkpoint could be restored (none exists, or none verifies)."""
+
+    def __init__(self, message: str, *, checkpoint_id: str | None = None) -> None:
+        super().__init__(message)
+        self.checkpoint_id = checkpoint_id
+
+
+class LockExistsError(StateError):
+    """A lock is already held, by another process or by another lock object in this one."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class LockLost(StateError):
+    """A lock this process held was lost: it expired, or its file or key was removed or rewritten."""

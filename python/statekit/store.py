@@ -1,0 +1,272 @@
+"""``KeyValueStore``: Python values over any :class:`~statekit.backends.StateBackend`.
+
+The store owns everything that is the same for every backend: the codec (values to bytes),
+the key prefix that isolates stores sharing one database, the default TTL, and key
+validation. Backends only see prefixed ``str`` keys and ``bytes`` values.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Generator, Self
+
+from statekit.backends.base import BackendStats, StateBackend
+from statekit.errors import ConfigError, InvalidKey
+from statekit.serializers import PickleSerializer, Serializer, make_serializer
+
+__all__ = ["KeyValueStore", "StoreStats", "TTL", "ttl_seconds"]
+
+logger = logging.getLogger("statekit")
+
+#: A time-to-live: seconds (int or float) or a timedelta.
+TTL = float | int | timedelta
+
+
+def ttl_seconds(ttl: TTL | None, *, name: str = "ttl") -> float | None:
+    """Normalise a TTL to positive seconds (None stays None)."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, timedelta):
+        seconds = ttl.total_seconds()
+    elif isinstance(ttl, int | float) and not isinstance(ttl, bool):
+        seconds = float(ttl)
+    else:
+        raise ConfigError(f"{name} must be seconds (int or float) or a timedelta, got {type(ttl).__name__}")
+    if not seconds > 0:
+        raise ConfigError(f"{name} must be positive, got {ttl!r}")
+    return seconds
+
+
+class StoreStats(dict[str, Any]):
+    """The dict returned by :meth:`KeyValueStore.get_stats`.
+
+    It can be used as is (``stats["total_keys"]``) or awaited (``await store.get_stats()``),
+    so code written for either style works with every backend.
+    """
+
+    def __await__(self) -> Generator[Any, None, StoreStats]:
+        async def resolved() -> StoreStats:
+            return self
+
+        return resolved().__await__()
+
+
+class KeyValueStore:
+    """An async key-value store of Python values.
+
+    Usually made by :func:`statekit.create_store`. Keys are non-empty ``str``; values are
+    anything the serializer encodes (JSON by default).
+
+    Example::
+
+        store = create_store("sqlite:///tmp/state.db", key_prefix="job:")
+        await store.put("user:1", {"name": "Ada"}, ttl=3600)
+        assert await store.get("user:1") == {"name": "Ada"}
+        await store.close()
+    """
+
+    def __init__(
+        self,
+        backend: StateBackend,
+        *,
+        serializer: str | Serializer = "json",
+        key_prefix: str = "",
+        default_ttl: TTL | None = None,
+        signing_key: bytes | str | None = None,
+    ) -> None:
+        if not isinstance(key_prefix, str):
+            raise ConfigError(f"key_prefix must be a str, got {type(key_prefix).__name__}")
+        self._backend = backend
+        self._codec = (
+            make_serializer(serializer, signing_key=signing_key) if isinstance(serializer, str) else serializer
+        )
+        self._prefix = key_prefix
+        self._default_ttl = ttl_seconds(default_ttl, name="default_ttl")
+        if isinstance(self._codec, PickleSerializer) and not self._codec.signed and backend.persistent:
+            logger.warning(
+                "statekit store on the %s backend uses unsigned pickle: anyone who can write to it can "
+                "run code in every reader. Pass signing_key=... to sign and verify payloads.",
+                backend.backend_type,
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"KeyValueStore(backend={self._backend.backend_type!r}, serializer={self._codec.name!r}, "
+            f"key_prefix={self._prefix!r}, default_ttl={self._default_ttl!r})"
+        )
+
+    @property
+    def backend(self) -> StateBackend:
+        """The backend this store writes to."""
+        return self._backend
+
+    @property
+    def key_prefix(self) -> str:
+        """Prefix prepended to every key in the backend."""
+        return self._prefix
+
+    @property
+    def serializer(self) -> Serializer:
+        """The codec turning values into bytes."""
+        return self._codec
+
+    @property
+    def default_ttl(self) -> float | None:
+        """TTL in seconds applied when a write gives none (None: keys never expire)."""
+        return self._default_ttl
+
+    # -- single keys ---------------------------------------------------------------------
+
+    async def put(self, key: str, value: Any, ttl: TTL | None = None) -> None:
+        """Store ``value`` under ``key``. ``ttl`` (seconds or timedelta) overrides the default TTL.
+
+        Raises SerializationFailed (nothing written) when the serializer cannot encode ``value``.
+        """
+        full_key = self._full_key(key)
+        data = self._codec.encode(value, key=key)
+        await self._backend.put(full_key, data, self._ttl(ttl))
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The value stored under ``key``, or ``default`` when it is missing or expired."""
+        data = await self._backend.get(self._full_key(key))
+        if data is None:
+            return default
+        return self._codec.decode(data, key=key)
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; True when it existed."""
+        return await self._backend.delete(self._full_key(key))
+
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` holds a live (unexpired) value."""
+        return await self._backend.exists(self._full_key(key))
+
+    async def set_if_absent(self, key: str, value: Any, ttl: TTL | None = None) -> bool:
+        """Store ``value`` only if ``key`` holds nothing live; True when it was stored. Atomic."""
+        full_key = self._full_key(key)
+        data = self._codec.encode(value, key=key)
+        return await self._backend.set_if_not_exists(full_key, data, self._ttl(ttl))
+
+    async def pop(self, key: str, default: Any = None) -> Any:
+        """Atomically remove ``key`` and return its value (``default`` when missing)."""
+        data = await self._backend.get_and_delete(self._full_key(key))
+        if data is None:
+            return default
+        return self._codec.decode(data, key=key)
+
+    async def incr(self, key: str, amount: int = 1, ttl: TTL | None = None) -> int:
+        """Atomically add ``amount`` to the counter ``key`` (missing counts as 0); return the new value.
+
+        Counters are stored as ASCII decimal whatever the serializer, so read them back with
+        ``incr(key, 0)``. ``ttl`` (or the default TTL) applies when the counter is created.
+        """
+        if isinstance(amount, bool) or not isinstance(amount, int):
+            raise TypeError(f"amount must be an int, got {type(amount).__name__}")
+        return await self._backend.incr_by(self._full_key(key), amount, self._ttl(ttl))
+
+    # -- many keys -----------------------------------------------------------------------
+
+    async def range_get(
+        self, start_key: str, end_key: str | None = None, limit: int | None = None
+    ) -> list[tuple[str, Any]]:
+        """Sorted ``(key, value)`` pairs.
+
+        Without ``end_key``: every key starting with ``start_key`` (``range_get("")`` lists the
+        whole store). With ``end_key``: ``start_key <= key < end_key``. ``limit`` caps the count.
+        """
+        if not isinstance(start_key, str):
+            raise InvalidKey(f"start_key must be a str, got {type(start_key).__name__}")
+        if end_key is not None and not isinstance(end_key, str):
+            raise InvalidKey(f"end_key must be a str or None, got {type(end_key).__name__}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ConfigError(f"limit must be a non-negative int or None, got {limit!r}")
+        prefix = self._prefix
+        rows = await self._backend.range(
+            prefix + start_key, None if end_key is None else prefix + end_key, limit
+        )
+        cut = len(prefix)
+        decode = self._codec.decode
+        return [(key[cut:], decode(data, key=key[cut:])) for key, data in rows]
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        """Every live key starting with ``prefix``, sorted (without the store's key prefix)."""
+        if not isinstance(prefix, str):
+            raise InvalidKey(f"prefix must be a str, got {type(prefix).__name__}")
+        cut = len(self._prefix)
+        return [key[cut:] for key in await self._backend.list_keys(self._prefix + prefix)]
+
+    async def put_many(
+        self, items: Mapping[str, Any] | Iterable[tuple[str, Any]], ttl: TTL | None = None
+    ) -> None:
+        """Store many values in one backend batch. Every value is encoded before anything is
+        written, so a value that cannot be encoded leaves the store unchanged."""
+        pairs = items.items() if isinstance(items, Mapping) else items
+        encode = self._codec.encode
+        full_key = self._full_key
+        encoded = [(full_key(key), encode(value, key=key)) for key, value in pairs]
+        await self._backend.batch_put(encoded, self._ttl(ttl))
+
+    async def get_many(self, keys: Sequence[str]) -> list[Any]:
+        """Values aligned with ``keys``; None where a key is missing."""
+        keys = list(keys)
+        full_key = self._full_key
+        raw = await self._backend.batch_get([full_key(key) for key in keys])
+        decode = self._codec.decode
+        return [None if data is None else decode(data, key=key) for key, data in zip(keys, raw, strict=True)]
+
+    async def delete_many(self, keys: Sequence[str]) -> int:
+        """Remove every key; return how many existed."""
+        full_key = self._full_key
+        return await self._backend.batch_delete([full_key(key) for key in keys])
+
+    # -- lifecycle and stats -------------------------------------------------------------
+
+    async def health_check(self) -> bool:
+        """True when the backend can serve requests. Never raises."""
+        return await self._backend.health_check()
+
+    def get_stats(self) -> StoreStats:
+        """Key counts (under this store's prefix), settings and backend counters.
+
+        Has at least ``total_keys``, ``expiring_keys``, ``serializer``, ``default_ttl``,
+        ``key_prefix`` and ``backend``. Use it directly or ``await`` it.
+        """
+        backend_stats: BackendStats = self._backend.stats(self._prefix)
+        stats = StoreStats(backend_stats.as_dict())
+        stats.update(
+            backend=self._backend.backend_type,
+            serializer=self._codec.name,
+            default_ttl=self._default_ttl,
+            key_prefix=self._prefix,
+        )
+        return stats
+
+    async def close(self) -> None:
+        """Close the backend. Further operations raise NotInitialized."""
+        await self._backend.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _full_key(self, key: str) -> str:
+        if type(key) is not str or not key:
+            if isinstance(key, str) and key:
+                return self._prefix + key
+            raise InvalidKey(f"keys must be non-empty str, got {key!r} ({type(key).__name__})")
+        return self._prefix + key
+
+    def _ttl(self, ttl: TTL | None) -> float | None:
+        return self._default_ttl if ttl is None else ttl_seconds(ttl)
