@@ -48,7 +48,7 @@ _BOOL_OPTIONS: Final = frozenset({"ssl"})
 _URL_SCHEMES: Final = {"memory": "memory", "sqlite": "sqlite"}
 
 
-def create_store(store_type: str = "memory", /, **options: Any) -> KeyValueStore:
+def create_store(store_type: str = "memory", **options: Any) -> KeyValueStore:
     """Create a :class:`KeyValueStore`.
 
     ``store_type`` is a backend name (``"memory"``, ``"sqlite"``) or a URL:
@@ -162,7 +162,7 @@ def _redact(url: str) -> str:
 
 
 @asynccontextmanager
-async def get_store_context(store_type: str = "memory", /, **options: Any) -> AsyncIterator[KeyValueStore]:
+async def get_store_context(store_type: str = "memory", **options: Any) -> AsyncIterator[KeyValueStore]:
     """``async with get_store_context("memory") as store:`` — a store closed on exit."""
     store = create_store(store_type, **options)
     try:
@@ -174,7 +174,7 @@ async def get_store_context(store_type: str = "memory", /, **options: Any) -> As
 _global_store: KeyValueStore | None = None
 
 
-def configure_global_store(store_type: str | None = None, /, **options: Any) -> KeyValueStore:
+def configure_global_store(store_type: str | None = None, **options: Any) -> KeyValueStore:
     """Create the process-wide store returned by :func:`get_global_store`.
 
     With no arguments the configuration comes from ``STATEKIT_STORE_*`` environment variables

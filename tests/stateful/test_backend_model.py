@@ -1,0 +1,190 @@
+"""Stateful tests: drive a backend with random operations and compare it with a dict model.
+
+``make_backend_machine(factory)`` builds a hypothesis ``RuleBasedStateMachine`` for any
+backend factory ``(tmp_dir, clock) -> StateBackend``; the clock is a FakeClock the machine
+advances, so TTL expiry is part of the model. Persistent backends are also closed and
+reopened mid-run to check nothing committed is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from statekit.backends import StateBackend
+from statekit.errors import StorageError
+from tests.conftest import BACKEND_FACTORIES, BackendFactory, FakeClock
+
+T = TypeVar("T")
+
+# A tiny alphabet makes collisions, shared prefixes and code-point-order edge cases likely.
+keys = st.text(alphabet="ab:é\U0010ffff", min_size=1, max_size=4)
+values = st.binary(max_size=16)
+ttls = st.none() | st.sampled_from([1.0, 2.5, 10.0])
+limits = st.none() | st.integers(min_value=0, max_value=5)
+
+
+def make_backend_machine(factory: BackendFactory) -> type[RuleBasedStateMachine]:
+    class BackendMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.loop = asyncio.new_event_loop()
+            self.tmp = Path(tempfile.mkdtemp(prefix="statekit-model-"))
+            self.clock = FakeClock()
+            self.backend = factory(self.tmp, self.clock)
+            # key -> (value, expires_at or None)
+            self.model: dict[str, tuple[bytes, float | None]] = {}
+
+        def run(self, coro: Coroutine[Any, Any, T]) -> T:
+            return self.loop.run_until_complete(coro)
+
+        def teardown(self) -> None:
+            self.run(self.backend.close())
+            self.loop.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+        # -- model helpers -----------------------------------------------------------
+        def live(self, key: str) -> bytes | None:
+            entry = self.model.get(key)
+            if entry is None:
+                return None
+            value, expires_at = entry
+            if expires_at is not None and expires_at <= self.clock():
+                del self.model[key]
+                return None
+            return value
+
+        def live_items(self) -> list[tuple[str, bytes]]:
+            out = []
+            for key in sorted(self.model):
+                value = self.live(key)
+                if value is not None:
+                    out.append((key, value))
+            return out
+
+        def expiry(self, ttl: float | None) -> float | None:
+            return None if ttl is None else self.clock() + ttl
+
+        # -- rules -------------------------------------------------------------------
+        @rule(key=keys, value=values, ttl=ttls)
+        def put(self, key: str, value: bytes, ttl: float | None) -> None:
+            self.run(self.backend.put(key, value, ttl))
+            self.model[key] = (value, self.expiry(ttl))
+
+        @rule(key=keys)
+        def get(self, key: str) -> None:
+            assert self.run(self.backend.get(key)) == self.live(key)
+
+        @rule(key=keys)
+        def exists(self, key: str) -> None:
+            assert self.run(self.backend.exists(key)) == (self.live(key) is not None)
+
+        @rule(key=keys)
+        def delete(self, key: str) -> None:
+            expected = self.live(key) is not None
+            self.model.pop(key, None)
+            assert self.run(self.backend.delete(key)) == expected
+
+        @rule(pairs=st.lists(st.tuples(keys, values), max_size=6), ttl=ttls)
+        def batch_put(self, pairs: list[tuple[str, bytes]], ttl: float | None) -> None:
+            self.run(self.backend.batch_put(pairs, ttl))
+            for key, value in pairs:
+                self.model[key] = (value, self.expiry(ttl))
+
+        @rule(batch=st.lists(keys, max_size=6))
+        def batch_get(self, batch: list[str]) -> None:
+            assert self.run(self.backend.batch_get(batch)) == [self.live(k) for k in batch]
+
+        @rule(batch=st.lists(keys, max_size=6))
+        def batch_delete(self, batch: list[str]) -> None:
+            expected = sum(1 for k in set(batch) if self.live(k) is not None)
+            for k in batch:
+                self.model.pop(k, None)
+            assert self.run(self.backend.batch_delete(batch)) == expected
+
+        @rule(start=st.text(alphabet="ab:é\U0010ffff", max_size=3), end=st.none() | keys, limit=limits)
+        def range(self, start: str, end: str | None, limit: int | None) -> None:
+            items = self.live_items()
+            if end is None:
+                expected = [(k, v) for k, v in items if k.startswith(start)]
+            else:
+                expected = [(k, v) for k, v in items if start <= k < end]
+            if limit is not None:
+                expected = expected[:limit]
+            assert self.run(self.backend.range(start, end, limit)) == expected
+
+        @rule(prefix=st.text(alphabet="ab:é\U0010ffff", max_size=3))
+        def list_keys(self, prefix: str) -> None:
+            expected = [k for k, _ in self.live_items() if k.startswith(prefix)]
+            assert self.run(self.backend.list_keys(prefix)) == expected
+
+        @rule(key=keys, value=values, ttl=ttls)
+        def set_if_not_exists(self, key: str, value: bytes, ttl: float | None) -> None:
+            expected = self.live(key) is None
+            assert self.run(self.backend.set_if_not_exists(key, value, ttl)) == expected
+            if expected:
+                self.model[key] = (value, self.expiry(ttl))
+
+        @rule(key=keys)
+        def get_and_delete(self, key: str) -> None:
+            expected = self.live(key)
+            self.model.pop(key, None)
+            assert self.run(self.backend.get_and_delete(key)) == expected
+
+        @rule(key=keys, amount=st.integers(min_value=-5, max_value=5), ttl=ttls)
+        def incr_by(self, key: str, amount: int, ttl: float | None) -> None:
+            current = self.live(key)
+            if current is None:
+                assert self.run(self.backend.incr_by(key, amount, ttl)) == amount
+                self.model[key] = (str(amount).encode(), self.expiry(ttl))
+                return
+            try:
+                number = int(current)
+            except ValueError:
+                try:
+                    self.run(self.backend.incr_by(key, amount, ttl))
+                except StorageError:
+                    return
+                raise AssertionError(f"incr_by on non-integer {current!r} did not raise") from None
+            assert self.run(self.backend.incr_by(key, amount, ttl)) == number + amount
+            self.model[key] = (str(number + amount).encode(), self.model[key][1])
+
+        @rule(seconds=st.sampled_from([0.5, 1.0, 2.5, 7.0]))
+        def advance_clock(self, seconds: float) -> None:
+            self.clock.advance(seconds)
+
+        @precondition(lambda self: self.backend.persistent)
+        @rule()
+        def reopen(self) -> None:
+            self.run(self.backend.close())
+            self.backend = factory(self.tmp, self.clock)
+
+        @invariant()
+        def key_counts_match(self) -> None:
+            stats = self.backend.stats()
+            items = self.live_items()
+            assert stats.total_keys == len(items)
+            assert stats.expiring_keys == sum(1 for k, _ in items if self.model[k][1] is not None)
+
+    return BackendMachine
+
+
+_SETTINGS = settings(
+    max_examples=40,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+TestMemoryBackendModel = make_backend_machine(BACKEND_FACTORIES["memory"]).TestCase
+TestMemoryBackendModel.settings = _SETTINGS
+TestSqliteBackendModel = make_backend_machine(BACKEND_FACTORIES["sqlite"]).TestCase
+TestSqliteBackendModel.settings = _SETTINGS

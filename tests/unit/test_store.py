@@ -1,0 +1,312 @@
+"""KeyValueStore behaviour, run against every backend kind (see tests/conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from statekit import KeyValueStore
+from statekit.backends import StateBackend
+from statekit.errors import (
+    ConfigError,
+    DeserializationFailed,
+    InvalidKey,
+    NotInitialized,
+    SerializationFailed,
+    StateError,
+    StorageError,
+)
+from tests.conftest import FakeClock
+
+
+async def test_put_get_exists_delete(store: KeyValueStore) -> None:
+    await store.put("user:123", {"name": "John Doe", "email": "john@example.com"})
+    assert await store.get("user:123") == {"name": "John Doe", "email": "john@example.com"}
+    assert await store.exists("user:123")
+    assert await store.delete("user:123") is True
+    assert await store.delete("user:123") is False
+    assert not await store.exists("user:123")
+    assert await store.get("user:123") is None
+    assert await store.get("user:123", default="fallback") == "fallback"
+
+
+async def test_overwrite_replaces_value(store: KeyValueStore) -> None:
+    await store.put("k", 1)
+    await store.put("k", [1, 2])
+    assert await store.get("k") == [1, 2]
+
+
+async def test_range_with_end_is_start_inclusive_end_exclusive(store: KeyValueStore) -> None:
+    for i in range(10):
+        await store.put(f"item:{i}", f"value_{i}")
+    result = await store.range_get("item:3", "item:7")
+    assert result == [(f"item:{i}", f"value_{i}") for i in range(3, 7)]
+
+
+async def test_range_without_end_is_a_prefix_query(store: KeyValueStore) -> None:
+    await store.put_many({"item:1": 1, "item:2": 2, "itemx": 3, "iten": 4, "other": 5, "item:": 0})
+    assert await store.range_get("item:") == [("item:", 0), ("item:1", 1), ("item:2", 2)]
+    assert await store.range_get("item:", limit=2) == [("item:", 0), ("item:1", 1)]
+    assert await store.range_get("item:", limit=0) == []
+    assert [k for k, _ in await store.range_get("")] == ["item:", "item:1", "item:2", "itemx", "iten", "other"]
+    assert await store.keys("item") == ["item:", "item:1", "item:2", "itemx"]
+
+
+async def test_range_orders_by_code_point_including_non_ascii(store: KeyValueStore) -> None:
+    keys = ["a", "a\U0010ffff", "b", "é", "z", "ÿ", "\u4e2d", "\U0001f600"]
+    await store.put_many((k, k) for k in keys)
+    assert [k for k, _ in await store.range_get("")] == sorted(keys)
+    assert [k for k, _ in await store.range_get("a")] == ["a", "a\U0010ffff"]
+
+
+async def test_key_prefix_isolates_stores_on_one_backend(backend: StateBackend) -> None:
+    a = KeyValueStore(backend, key_prefix="a:")
+    b = KeyValueStore(backend, key_prefix="b:")
+    await a.put("x", 1)
+    await b.put("x", 2)
+    await b.put("y", 3)
+    assert await a.get("x") == 1
+    assert await b.get("x") == 2
+    assert await a.range_get("") == [("x", 1)]
+    assert await b.range_get("") == [("x", 2), ("y", 3)]
+    assert await b.range_get("x", "y") == [("x", 2)]
+    assert a.get_stats()["total_keys"] == 1
+    assert b.get_stats()["total_keys"] == 2
+    assert sorted(await backend.list_keys("")) == ["a:x", "b:x", "b:y"]
+
+
+async def test_ttl_expiry_with_controlled_clock(backend: StateBackend, clock: FakeClock) -> None:
+    store = KeyValueStore(backend)
+    await store.put("short", "v", ttl=10)
+    await store.put("delta", "v", ttl=timedelta(minutes=1))
+    await store.put("forever", "v")
+    clock.advance(9.9)
+    assert await store.exists("short")
+    assert store.get_stats()["expiring_keys"] == 2
+    clock.advance(0.2)
+    assert not await store.exists("short")
+    assert await store.get("short") is None
+    assert await store.range_get("") == [("delta", "v"), ("forever", "v")]
+    clock.advance(60)
+    assert await store.range_get("") == [("forever", "v")]
+    stats = store.get_stats()
+    assert (stats["total_keys"], stats["expiring_keys"]) == (1, 0)
+
+
+async def test_default_ttl_applies_when_no_ttl_given(backend: StateBackend, clock: FakeClock) -> None:
+    store = KeyValueStore(backend, default_ttl=timedelta(seconds=30))
+    await store.put("a", 1)
+    await store.put("b", 1, ttl=100)
+    await store.put_many({"c": 1})
+    clock.advance(31)
+    assert await store.get_many(["a", "b", "c"]) == [None, 1, None]
+    assert store.get_stats()["default_ttl"] == 30.0
+
+
+@pytest.mark.parametrize("bad", [0, -1, "10", True, float("nan")])
+async def test_invalid_ttl_is_a_config_error(store: KeyValueStore, bad: Any) -> None:
+    with pytest.raises(ConfigError, match="ttl"):
+        await store.put("k", 1, ttl=bad)
+    assert not await store.exists("k")
+
+
+async def test_put_over_expired_key_and_set_if_absent(backend: StateBackend, clock: FakeClock) -> None:
+    store = KeyValueStore(backend)
+    assert await store.set_if_absent("lock", "a", ttl=5)
+    assert not await store.set_if_absent("lock", "b", ttl=5)
+    assert await store.get("lock") == "a"
+    clock.advance(6)
+    assert await store.set_if_absent("lock", "c")
+    assert await store.get("lock") == "c"
+
+
+async def test_pop_returns_and_removes(store: KeyValueStore) -> None:
+    await store.put("k", {"v": 1})
+    assert await store.pop("k") == {"v": 1}
+    assert await store.pop("k", default="gone") == "gone"
+    assert not await store.exists("k")
+
+
+async def test_batch_operations_align_with_keys(store: KeyValueStore) -> None:
+    await store.put_many([("a", 1), ("b", 2)])
+    await store.put_many({"c": 3})
+    assert await store.get_many(["c", "missing", "a", "a"]) == [3, None, 1, 1]
+    assert await store.delete_many(["a", "missing", "c"]) == 2
+    assert await store.get_many(["a", "b", "c"]) == [None, 2, None]
+    assert await store.get_many([]) == []
+    assert await store.delete_many([]) == 0
+
+
+async def test_delete_of_expired_key_reports_false(backend: StateBackend, clock: FakeClock) -> None:
+    store = KeyValueStore(backend)
+    await store.put("k", 1, ttl=1)
+    await store.put("j", 1, ttl=1)
+    clock.advance(2)
+    assert await store.delete("k") is False
+    assert await store.delete_many(["j"]) == 0
+    assert await store.pop("j") is None
+
+
+async def test_unencodable_value_raises_and_writes_nothing(store: KeyValueStore) -> None:
+    with pytest.raises(SerializationFailed, match="'bad'") as info:
+        await store.put("bad", {"f": object()})
+    assert info.value.key == "bad"
+    assert not await store.exists("bad")
+    with pytest.raises(SerializationFailed):
+        await store.put_many({"ok": 1, "bad": object()})
+    assert await store.get_many(["ok", "bad"]) == [None, None]
+
+
+@pytest.mark.parametrize("key", ["", b"bytes", 1, None, ("t",)])
+async def test_invalid_keys_are_rejected(store: KeyValueStore, key: Any) -> None:
+    with pytest.raises(InvalidKey) as info:
+        await store.put(key, 1)
+    assert isinstance(info.value, StateError)
+    with pytest.raises(InvalidKey):
+        await store.get(key)
+    with pytest.raises(InvalidKey):
+        await store.get_many(["ok", key])
+
+
+async def test_counters_are_exact_under_concurrent_tasks(store: KeyValueStore) -> None:
+    async def bump(n: int) -> None:
+        for _ in range(n):
+            await store.incr("counter")
+
+    await asyncio.gather(*(bump(20) for _ in range(50)))
+    assert await store.incr("counter", 0) == 1000
+    assert await store.incr("counter", -10) == 990
+
+
+async def test_incr_on_non_integer_is_storage_error(store: KeyValueStore) -> None:
+    await store.put("text", "hello")
+    with pytest.raises(StorageError, match="'text'"):
+        await store.incr("text")
+    assert await store.get("text") == "hello"
+
+
+async def test_concurrent_tasks_never_lose_writes(store: KeyValueStore) -> None:
+    async def writer(task: int) -> None:
+        for i in range(50):
+            await store.put(f"t{task:02d}:{i:03d}", [task, i])
+            assert await store.get(f"t{task:02d}:{i:03d}") == [task, i]
+
+    await asyncio.gather(*(writer(t) for t in range(20)))
+    rows = await store.range_get("t")
+    assert len(rows) == 1000
+    assert rows == sorted(rows)
+
+
+async def test_closed_store_raises_not_initialized(backend: StateBackend) -> None:
+    store = KeyValueStore(backend)
+    await store.close()
+    with pytest.raises(NotInitialized):
+        await store.put("k", 1)
+    with pytest.raises(NotInitialized):
+        await store.get("k")
+    assert await store.health_check() is False
+    await store.close()  # harmless
+
+
+async def test_async_with_closes(backend: StateBackend) -> None:
+    async with KeyValueStore(backend) as store:
+        await store.put("k", 1)
+        assert await store.health_check()
+    with pytest.raises(NotInitialized):
+        await store.get("k")
+
+
+async def test_stats_shape_sync_and_awaited(store: KeyValueStore) -> None:
+    await store.put("a", 1)
+    await store.get("a")
+    await store.get("missing")
+    stats = store.get_stats()
+    for field in ("total_keys", "expiring_keys", "serializer", "default_ttl", "key_prefix", "backend"):
+        assert field in stats
+    assert stats["total_keys"] == 1
+    assert stats["serializer"] == "json"
+    assert stats["hit_count"] >= 1 and stats["miss_count"] >= 1
+    awaited = await store.get_stats()
+    assert awaited["total_keys"] == 1
+
+
+# -- serializers ----------------------------------------------------------------------------
+
+
+async def test_msgpack_round_trips_bytes(backend: StateBackend) -> None:
+    store = KeyValueStore(backend, serializer="msgpack")
+    await store.put("blob", {"data": b"\x00\xff", "n": 1})
+    assert await store.get("blob") == {"data": b"\x00\xff", "n": 1}
+
+
+async def test_pickle_round_trips_datetimes_and_sets(backend: StateBackend) -> None:
+    store = KeyValueStore(backend, serializer="pickle", signing_key=b"0123456789abcdef")
+    value = {"when": datetime(2024, 1, 2, 3, 4, 5), "ids": {1, 2, 3}}
+    await store.put("complex", value)
+    assert await store.get("complex") == value
+
+
+class _Tripwire:
+    """Unpickling this calls _trip, which records that code ran."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (_trip, ())
+
+
+TRIPPED: list[bool] = []
+
+
+def _trip() -> None:
+    TRIPPED.append(True)
+
+
+async def test_tampered_signed_pickle_is_never_unpickled(backend: StateBackend) -> None:
+    TRIPPED.clear()
+    store = KeyValueStore(backend, serializer="pickle", signing_key="a-long-enough-key!")
+    await store.put("k", "safe")
+    # An attacker with write access stores a payload without a valid signature.
+    await backend.put("k", pickle.dumps(_Tripwire()))
+    with pytest.raises(DeserializationFailed, match="signed"):
+        await store.get("k")
+    forged = b"SKP1" + b"\x00" * 32 + pickle.dumps(_Tripwire())
+    await backend.put("k", forged)
+    with pytest.raises(DeserializationFailed, match="does not verify"):
+        await store.get("k")
+    assert TRIPPED == []
+
+
+async def test_unsigned_pickle_on_persistent_backend_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from statekit import create_store
+
+    with caplog.at_level(logging.WARNING, logger="statekit"):
+        store = create_store("sqlite", path=str(tmp_path / "p.db"), serializer="pickle")
+    await store.close()
+    assert any("unsigned pickle" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="statekit"):
+        mem = create_store("memory", serializer="pickle")
+    await mem.close()
+    assert not caplog.records
+
+
+async def test_value_written_with_other_codec_is_deserialization_error(backend: StateBackend) -> None:
+    await KeyValueStore(backend, serializer="msgpack").put("k", {"a": 1})
+    with pytest.raises(DeserializationFailed, match="'k'"):
+        await KeyValueStore(backend, serializer="json").get("k")
+
+
+def test_short_signing_key_is_rejected() -> None:
+    from statekit import create_store
+
+    with pytest.raises(ConfigError, match="16 bytes"):
+        create_store("memory", serializer="pickle", signing_key="short")
+    with pytest.raises(ConfigError, match="pickle"):
+        create_store("memory", serializer="json", signing_key="a-long-enough-key!")
