@@ -53,7 +53,9 @@ def backend_factory(backend_kind: str) -> BackendFactory:
 
 
 @pytest.fixture
-async def backend(backend_factory: BackendFactory, tmp_path: Path, clock: FakeClock) -> AsyncIterator[StateBackend]:
+async def backend(
+    backend_factory: BackendFactory, tmp_path: Path, clock: FakeClock
+) -> AsyncIterator[StateBackend]:
     be = backend_factory(tmp_path, clock)
     yield be
     await be.close()

@@ -255,7 +255,9 @@ async def test_frontier_provider_caching_integration_example() -> None:
             # Return URLs to process
             return [{"url": f"{self.base_url}/page1"}]
 
-        async def handle_url_processed(self, request: dict[str, str], bundle_refs: list[object], ctx: object) -> None:
+        async def handle_url_processed(
+            self, request: dict[str, str], bundle_refs: list[object], ctx: object
+        ) -> None:
             # Store processing results
             result_key = f"result:{request['url']}"
             await store.put(

@@ -75,7 +75,8 @@ def create_store(store_type: str = "memory", **options: Any) -> KeyValueStore:
     if unknown:
         valid = ", ".join(sorted(allowed | _STORE_OPTIONS))
         raise ConfigError(
-            f"unknown option(s) {', '.join(sorted(unknown))} for store type {store_type!r}; valid options: {valid}"
+            f"unknown option(s) {', '.join(sorted(unknown))} for store type {store_type!r}; "
+            f"valid options: {valid}"
         )
     store_options = {k: options.pop(k) for k in list(options) if k in _STORE_OPTIONS}
     backend = _BACKEND_BUILDERS[store_type](options)
@@ -104,13 +105,17 @@ def parse_store_url(url: str) -> tuple[str, dict[str, Any]]:
     store_type = _URL_SCHEMES.get(scheme)
     if store_type is None:
         schemes = ", ".join(f"{s}://" for s in _URL_SCHEMES)
-        raise ConfigError(f"unsupported store URL scheme {scheme!r} in {_redact(url)}; valid schemes: {schemes}")
+        raise ConfigError(
+            f"unsupported store URL scheme {scheme!r} in {_redact(url)}; valid schemes: {schemes}"
+        )
     options: dict[str, Any] = {k: _coerce(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)}
     if store_type == "sqlite":
         # sqlite:///abs/path.db -> netloc "", path "/abs/path.db"; sqlite://rel.db -> netloc "rel.db".
         path = unquote(parts.netloc + parts.path)
         if not path:
-            raise ConfigError(f"sqlite URL {url!r} has no path; write sqlite:///abs/path.db or sqlite://rel.db")
+            raise ConfigError(
+                f"sqlite URL {url!r} has no path; write sqlite:///abs/path.db or sqlite://rel.db"
+            )
         options["path"] = path
     elif parts.netloc or parts.path.strip("/"):
         raise ConfigError(f"memory URL takes no host or path, got {url!r}; write memory://")
@@ -199,4 +204,3 @@ def reset_global_store() -> None:
     """Forget the global store (it is not closed). For tests and re-configuration."""
     global _global_store
     _global_store = None
-

@@ -144,7 +144,9 @@ class PickleSerializer:
         try:
             return pickle.loads(data)  # noqa: S301 - opt-in codec; signed when a key is configured
         except Exception as exc:  # unpickling can raise almost anything
-            raise DeserializationFailed(f"cannot unpickle the value for key {key!r} ({exc})", key=key) from exc
+            raise DeserializationFailed(
+                f"cannot unpickle the value for key {key!r} ({exc})", key=key
+            ) from exc
 
     def _verified_payload(self, data: bytes, key: str | None) -> bytes:
         assert self._signing_key is not None

@@ -8,16 +8,16 @@ validation. Backends only see prefixed ``str`` keys and ``bytes`` values.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Generator, Self
+from typing import Any, Self
 
 from statekit.backends.base import BackendStats, StateBackend
 from statekit.errors import ConfigError, InvalidKey
 from statekit.serializers import PickleSerializer, Serializer, make_serializer
 
-__all__ = ["KeyValueStore", "StoreStats", "TTL", "ttl_seconds"]
+__all__ = ["TTL", "KeyValueStore", "StoreStats", "ttl_seconds"]
 
 logger = logging.getLogger("statekit")
 
@@ -81,7 +81,9 @@ class KeyValueStore:
             raise ConfigError(f"key_prefix must be a str, got {type(key_prefix).__name__}")
         self._backend = backend
         self._codec = (
-            make_serializer(serializer, signing_key=signing_key) if isinstance(serializer, str) else serializer
+            make_serializer(serializer, signing_key=signing_key)
+            if isinstance(serializer, str)
+            else serializer
         )
         self._prefix = key_prefix
         self._default_ttl = ttl_seconds(default_ttl, name="default_ttl")

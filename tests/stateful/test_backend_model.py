@@ -19,7 +19,6 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from statekit.backends import StateBackend
 from statekit.errors import StorageError
 from tests.conftest import BACKEND_FACTORIES, BackendFactory, FakeClock
 

@@ -71,7 +71,10 @@ async def test_explicit_option_beats_url(tmp_path: Path) -> None:
         (lambda: create_store("memory://host"), "takes no host"),
         (lambda: create_store("sqlite:///x.db?default_ttl=soon"), "must be a number"),
         (lambda: create_store("memory", default_ttl=-5), "positive"),
-        (lambda: create_store("sqlite", path=":memory:", durability="paranoid"), "valid choices: full, normal"),
+        (
+            lambda: create_store("sqlite", path=":memory:", durability="paranoid"),
+            "valid choices: full, normal",
+        ),
     ],
 )
 def test_bad_configuration_is_config_error_listing_choices(call: object, fragment: str) -> None:
@@ -114,7 +117,10 @@ def test_options_from_env() -> None:
         "port": 6380,
         "ssl": True,
     }
-    assert options_from_env({"STATEKIT_STORE_URL": "memory://", "STATEKIT_STORE_TYPE": "sqlite"})[0] == "memory://"
+    assert (
+        options_from_env({"STATEKIT_STORE_URL": "memory://", "STATEKIT_STORE_TYPE": "sqlite"})[0]
+        == "memory://"
+    )
     with pytest.raises(ConfigError, match="true or false"):
         options_from_env({"STATEKIT_STORE_SSL": "maybe"})
 

@@ -54,7 +54,14 @@ async def test_range_without_end_is_a_prefix_query(store: KeyValueStore) -> None
     assert await store.range_get("item:") == [("item:", 0), ("item:1", 1), ("item:2", 2)]
     assert await store.range_get("item:", limit=2) == [("item:", 0), ("item:1", 1)]
     assert await store.range_get("item:", limit=0) == []
-    assert [k for k, _ in await store.range_get("")] == ["item:", "item:1", "item:2", "itemx", "iten", "other"]
+    assert [k for k, _ in await store.range_get("")] == [
+        "item:",
+        "item:1",
+        "item:2",
+        "itemx",
+        "iten",
+        "other",
+    ]
     assert await store.keys("item") == ["item:", "item:1", "item:2", "itemx"]
 
 
@@ -231,7 +238,8 @@ async def test_stats_shape_sync_and_awaited(store: KeyValueStore) -> None:
         assert field in stats
     assert stats["total_keys"] == 1
     assert stats["serializer"] == "json"
-    assert stats["hit_count"] >= 1 and stats["miss_count"] >= 1
+    assert stats["hit_count"] >= 1
+    assert stats["miss_count"] >= 1
     awaited = await store.get_stats()
     assert awaited["total_keys"] == 1
 

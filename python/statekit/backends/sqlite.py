@@ -107,9 +107,7 @@ class SqliteStateBackend:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            conn = sqlite3.connect(
-                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
-            )
+            conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StorageError(
                 f"cannot open SQLite database {self.path!r}: {exc}; check the path and its permissions",
@@ -355,9 +353,7 @@ class SqliteStateBackend:
         if now - self._last_cleanup < self._cleanup_interval:
             return
         self._last_cleanup = now
-        self._conn.execute(
-            "DELETE FROM statekit_kv WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
-        )
+        self._conn.execute("DELETE FROM statekit_kv WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
 
     # -- housekeeping --------------------------------------------------------------------
 
