@@ -112,3 +112,11 @@ async def test_several_processes_share_one_file_without_lost_updates(tmp_path: P
     assert await store.incr("shared", 0) == 400
     assert len(await store.range_get("w")) == 400
     await store.close()
+
+
+def test_unusable_directory_is_storage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StorageError, match="cannot create the directory") as info:
+        SqliteStateBackend(blocker / "sub" / "x.db")
+    assert info.value.path == str(blocker / "sub" / "x.db")

@@ -105,7 +105,14 @@ class SqliteStateBackend:
 
     def _open(self, timeout: float) -> sqlite3.Connection:
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(
+                    f"cannot create the directory of SQLite database {self.path!r}: {exc}",
+                    backend_type=self.backend_type,
+                    path=self.path,
+                ) from exc
         try:
             conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
