@@ -4,7 +4,7 @@
 //! `sha256_file(path)` streams the file through a 1 MiB buffer. Both hash with the GIL
 //! released. `sha2` picks the SHA-NI / AVX2 code path at run time (via `cpufeatures`).
 //!
-//! This module also holds [`BytesLike`], the shared extraction of a bytes-like argument
+//! This module also holds `BytesLike`, the shared extraction of a bytes-like argument
 //! (`bytes`, `bytearray`, `memoryview` or any other buffer-protocol object).
 
 use std::fs::File;
@@ -168,7 +168,9 @@ mod tests {
 
     #[test]
     fn reader_matches_one_shot_across_chunk_boundaries() {
-        let data: Vec<u8> = (0..(FILE_CHUNK * 2 + 17)).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..(FILE_CHUNK * 2 + 17))
+            .map(|i| (i % 251) as u8)
+            .collect();
         let streamed = sha256_reader_hex(&data[..]).expect("in-memory read cannot fail");
         assert_eq!(streamed, sha256_hex(&data));
     }

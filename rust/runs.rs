@@ -1,0 +1,350 @@
+//! Run watermarks: which numbered runs (batches, epochs, ...) are safely done.
+//!
+//! Run numbers are `i64`. Given the last run known to be contiguous-complete and the set of
+//! runs that succeeded since (in any order, with duplicates):
+//!
+//! * `last_contiguous_run` advances `last` while `last + 1` succeeded;
+//! * `max_attempted_run` is the high-water mark of attempted runs, never decreasing;
+//! * `run_gaps` lists the runs in `last + 1 ..= bound` that did not succeed.
+//!
+//! All three are O(n) (plus the size of the window for `run_gaps`), using a bitmap over the
+//! window above `last` rather than a hash set or a sort.
+
+use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+
+use crate::checksum::type_name;
+use crate::errors::NativeError;
+
+/// Widest `bound - last` that `run_gaps` accepts.
+pub const MAX_GAP_WINDOW: i128 = 1_000_000_000;
+
+/// A fixed-size bitmap marking offsets `0..len` above some base.
+struct Bitmap {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Bitmap {
+    fn new(len: usize) -> Self {
+        Self {
+            words: vec![0; len.div_ceil(64)],
+            len,
+        }
+    }
+
+    /// Marks every `v` in `values` with `base < v <= base + len`, at offset `v - base - 1`.
+    fn mark_above(&mut self, base: i64, values: &[i64]) {
+        let len = self.len as u64;
+        for &v in values {
+            if v > base {
+                // v > base, so the true difference is in 1..=u64::MAX: no wrap-around.
+                let off = (v as u64).wrapping_sub(base as u64) - 1;
+                if off < len {
+                    if let Some(word) = self.words.get_mut((off / 64) as usize) {
+                        *word |= 1 << (off % 64);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Number of marked offsets before the first unmarked one.
+    fn leading_marked(&self) -> usize {
+        let mut count = 0usize;
+        for &word in &self.words {
+            if word == u64::MAX {
+                count += 64;
+            } else {
+                count += word.trailing_ones() as usize;
+                break;
+            }
+        }
+        count.min(self.len)
+    }
+
+    /// Unmarked offsets, ascending.
+    fn unmarked(&self) -> impl Iterator<Item = usize> + '_ {
+        self.words.iter().enumerate().flat_map(move |(i, &word)| {
+            let mut free = !word;
+            let start = i * 64;
+            let valid = self.len.saturating_sub(start);
+            if valid < 64 {
+                free &= (1u64 << valid) - 1;
+            }
+            std::iter::from_fn(move || {
+                if free == 0 {
+                    return None;
+                }
+                let bit = free.trailing_zeros() as usize;
+                free &= free - 1;
+                Some(start + bit)
+            })
+        })
+    }
+}
+
+/// Advances `last` while `last + 1` is in `successful`; returns the final value.
+pub fn last_contiguous_run(last: i64, successful: &[i64]) -> i64 {
+    // A run of n distinct successors can only use values in last+1 ..= last+n.
+    let mut bitmap = Bitmap::new(successful.len());
+    bitmap.mark_above(last, successful);
+    let run = bitmap.leading_marked();
+    // `run` values above `last` were found in `successful`, so the sum is an i64.
+    let advanced = i128::from(last) + run as i128;
+    i64::try_from(advanced).unwrap_or(i64::MAX)
+}
+
+/// `max(current, *attempted)`.
+pub fn max_attempted_run(current: i64, attempted: &[i64]) -> i64 {
+    attempted.iter().copied().fold(current, i64::max)
+}
+
+/// The runs in `last + 1 ..= bound` missing from `successful`, ascending.
+///
+/// Fails with `InvalidArgument` if `bound - last` exceeds [`MAX_GAP_WINDOW`].
+pub fn run_gaps(last: i64, successful: &[i64], bound: i64) -> Result<Vec<i64>, NativeError> {
+    let width = i128::from(bound) - i128::from(last);
+    if width <= 0 {
+        return Ok(Vec::new());
+    }
+    if width > MAX_GAP_WINDOW {
+        return Err(NativeError::invalid(format!(
+            "run_gaps window too large: bound - last = {width} exceeds {MAX_GAP_WINDOW}"
+        )));
+    }
+    let width = usize::try_from(width)
+        .map_err(|_| NativeError::invalid(format!("run_gaps window of {width} is too large")))?;
+    let mut bitmap = Bitmap::new(width);
+    bitmap.mark_above(last, successful);
+    let first = i128::from(last) + 1;
+    // Every offset is < width, so first + offset <= bound fits in an i64.
+    Ok(bitmap
+        .unmarked()
+        .filter_map(|off| i64::try_from(first + off as i128).ok())
+        .collect())
+}
+
+#[inline]
+fn extract_one(item: &Bound<'_, PyAny>, what: &str, index: usize) -> PyResult<i64> {
+    match item.extract::<i64>() {
+        Ok(n) => Ok(n),
+        Err(err) => Err(bad_run_number(item, what, index, &err)),
+    }
+}
+
+/// The error for an item that is not an `i64` (kept out of line: the hot loop stays small).
+#[cold]
+#[inline(never)]
+fn bad_run_number(item: &Bound<'_, PyAny>, what: &str, index: usize, err: &PyErr) -> PyErr {
+    if err.is_instance_of::<PyOverflowError>(item.py()) {
+        PyValueError::new_err(format!(
+            "{what}[{index}] is outside the 64-bit run number range"
+        ))
+    } else {
+        PyTypeError::new_err(format!(
+            "{what}[{index}] must be an int, got {}",
+            type_name(item)
+        ))
+    }
+}
+
+fn extract_tuple(tuple: &Bound<'_, PyTuple>, what: &str) -> PyResult<Vec<i64>> {
+    let mut out = Vec::with_capacity(tuple.len());
+    for (i, item) in tuple.iter_borrowed().enumerate() {
+        out.push(extract_one(&item, what, i)?);
+    }
+    Ok(out)
+}
+
+/// Extracts a list, tuple or other iterable of ints (a set works too).
+///
+/// Lists go through the iterator protocol rather than indexing: under the limited API that is
+/// one interpreter call per item instead of three (size, get-item, incref).
+fn extract_runs(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
+    if let Ok(tuple) = obj.cast::<PyTuple>() {
+        return extract_tuple(tuple, what);
+    }
+    let not_ints = || {
+        PyTypeError::new_err(format!(
+            "{what} must be a sequence of ints, got {}",
+            type_name(obj)
+        ))
+    };
+    let capacity = match obj.cast::<PyList>() {
+        Ok(list) => list.len(),
+        Err(_) if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() => {
+            return Err(not_ints())
+        }
+        Err(_) => obj.len().unwrap_or(0),
+    };
+    let iter = obj.try_iter().map_err(|_| not_ints())?;
+    let mut out = Vec::with_capacity(capacity);
+    for (i, item) in iter.enumerate() {
+        out.push(extract_one(&item?, what, i)?);
+    }
+    Ok(out)
+}
+
+/// `last_contiguous_run(last, successful)` -> the advanced watermark.
+#[pyfunction]
+#[pyo3(name = "last_contiguous_run")]
+pub fn py_last_contiguous_run(
+    py: Python<'_>,
+    last: i64,
+    successful: &Bound<'_, PyAny>,
+) -> PyResult<i64> {
+    let successful = extract_runs(successful, "successful")?;
+    Ok(py.detach(|| last_contiguous_run(last, &successful)))
+}
+
+/// `max_attempted_run(current, attempted)` -> `max(current, *attempted)`.
+#[pyfunction]
+#[pyo3(name = "max_attempted_run")]
+pub fn py_max_attempted_run(
+    py: Python<'_>,
+    current: i64,
+    attempted: &Bound<'_, PyAny>,
+) -> PyResult<i64> {
+    let attempted = extract_runs(attempted, "attempted")?;
+    Ok(py.detach(|| max_attempted_run(current, &attempted)))
+}
+
+/// `run_gaps(last, successful, bound)` -> missing runs in `last + 1 ..= bound`, ascending.
+#[pyfunction]
+#[pyo3(name = "run_gaps")]
+pub fn py_run_gaps(
+    py: Python<'_>,
+    last: i64,
+    successful: &Bound<'_, PyAny>,
+    bound: i64,
+) -> PyResult<Vec<i64>> {
+    let successful = extract_runs(successful, "successful")?;
+    Ok(py.detach(|| run_gaps(last, &successful, bound))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn reference_last(mut last: i64, successful: &[i64]) -> i64 {
+        let set: HashSet<i64> = successful.iter().copied().collect();
+        while last < i64::MAX && set.contains(&(last + 1)) {
+            last += 1;
+        }
+        last
+    }
+
+    fn reference_gaps(last: i64, successful: &[i64], bound: i64) -> Vec<i64> {
+        let set: HashSet<i64> = successful.iter().copied().collect();
+        if bound <= last {
+            return Vec::new();
+        }
+        (last + 1..=bound).filter(|r| !set.contains(r)).collect()
+    }
+
+    /// A small deterministic pseudo-random generator (xorshift64*).
+    fn lcg(seed: &mut u64) -> u64 {
+        *seed ^= *seed >> 12;
+        *seed ^= *seed << 25;
+        *seed ^= *seed >> 27;
+        seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    #[test]
+    fn documented_examples() {
+        assert_eq!(last_contiguous_run(100, &[101, 102, 103]), 103);
+        assert_eq!(last_contiguous_run(103, &[104, 106, 107]), 104);
+        assert_eq!(last_contiguous_run(104, &[107, 108, 109]), 104);
+        assert_eq!(last_contiguous_run(5, &[]), 5);
+    }
+
+    #[test]
+    fn unordered_duplicates_and_negatives() {
+        assert_eq!(last_contiguous_run(-3, &[0, -2, -1, -2, 1, 3, -10]), 1);
+        assert_eq!(last_contiguous_run(0, &[2, 1, 1, 1]), 2);
+        assert_eq!(last_contiguous_run(10, &[1, 2, 3]), 10);
+    }
+
+    #[test]
+    fn extremes_do_not_overflow() {
+        assert_eq!(
+            last_contiguous_run(i64::MAX, &[i64::MAX, i64::MIN]),
+            i64::MAX
+        );
+        assert_eq!(
+            last_contiguous_run(i64::MAX - 2, &[i64::MAX, i64::MAX - 1]),
+            i64::MAX
+        );
+        assert_eq!(last_contiguous_run(i64::MIN, &[i64::MIN + 1]), i64::MIN + 1);
+        assert_eq!(
+            run_gaps(i64::MAX - 2, &[i64::MAX], i64::MAX).expect("gaps"),
+            vec![i64::MAX - 1]
+        );
+        assert!(run_gaps(i64::MIN, &[], i64::MAX).is_err());
+    }
+
+    #[test]
+    fn max_attempted() {
+        assert_eq!(max_attempted_run(5, &[]), 5);
+        assert_eq!(max_attempted_run(5, &[1, 9, 3]), 9);
+        assert_eq!(max_attempted_run(5, &[1, 2]), 5);
+        assert_eq!(max_attempted_run(-5, &[-7, -6]), -5);
+    }
+
+    #[test]
+    fn gaps() {
+        assert_eq!(
+            run_gaps(100, &[101, 103, 106], 107).expect("gaps"),
+            vec![102, 104, 105, 107]
+        );
+        assert_eq!(
+            run_gaps(100, &[101, 102], 102).expect("gaps"),
+            Vec::<i64>::new()
+        );
+        assert_eq!(run_gaps(100, &[], 100).expect("gaps"), Vec::<i64>::new());
+        assert_eq!(run_gaps(100, &[], 90).expect("gaps"), Vec::<i64>::new());
+        assert_eq!(run_gaps(-2, &[0], 1).expect("gaps"), vec![-1, 1]);
+        assert!(matches!(
+            run_gaps(0, &[], 1_000_000_001),
+            Err(NativeError::InvalidArgument(_))
+        ));
+        assert_eq!(run_gaps(0, &[], 130).expect("gaps").len(), 130);
+    }
+
+    #[test]
+    fn matches_reference_on_random_inputs() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for round in 0..300 {
+            let n = (lcg(&mut seed) % 200) as usize;
+            let last = (lcg(&mut seed) % 50) as i64 - 25;
+            let spread = 1 + (lcg(&mut seed) % 300) as i64;
+            let values: Vec<i64> = (0..n)
+                .map(|_| last - 20 + (lcg(&mut seed) % spread as u64) as i64)
+                .collect();
+            let bound = last - 5 + (lcg(&mut seed) % 320) as i64;
+            assert_eq!(
+                last_contiguous_run(last, &values),
+                reference_last(last, &values),
+                "round {round}"
+            );
+            assert_eq!(
+                run_gaps(last, &values, bound).expect("gaps"),
+                reference_gaps(last, &values, bound),
+                "round {round}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_contiguous_run() {
+        let values: Vec<i64> = (1..=100_000).rev().collect();
+        assert_eq!(last_contiguous_run(0, &values), 100_000);
+        assert_eq!(
+            run_gaps(0, &values, 100_010).expect("gaps"),
+            (100_001..=100_010).collect::<Vec<_>>()
+        );
+    }
+}

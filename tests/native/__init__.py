@@ -1,0 +1,1 @@
+"""Tests of the Rust core, statekit._native, against plain-Python references."""
