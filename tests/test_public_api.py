@@ -1,6 +1,6 @@
 """The public import paths of ARCHITECTURE.md that exist so far, and tidy ``__all__`` lists.
 
-Paths of later issues (persistence, runs, locks, checkpoint, storage, the Redis and cached
+Paths of later issues (checkpoint, storage, the Redis/PostgreSQL locks, the Redis and cached
 backends) join CONTRACT as they land.
 """
 
@@ -33,6 +33,25 @@ CONTRACT: dict[str, list[str]] = {
         "ConfigError",
     ],
     "statekit.backends": ["StateBackend", "MemoryStateBackend", "SqliteStateBackend", "BackendStats"],
+    "statekit.persistence": [
+        "PersistenceManager",
+        "RetryManager",
+        "StateTracker",
+        "create_persistence_manager",
+        "create_retry_manager",
+        "create_state_tracker",
+    ],
+    "statekit.runs": [
+        "read_state",
+        "write_state",
+        "update_contiguous_run_state",
+        "update_attempted_run_state",
+        "get_incremental_start_run",
+        "parse_run_records_from_file",
+        "append_to_failure_log",
+        "write_failure_log",
+    ],
+    "statekit.locks": ["FileLock", "LockExistsError"],
 }
 
 
