@@ -120,3 +120,35 @@ def test_unusable_directory_is_storage_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="cannot create the directory") as info:
         SqliteStateBackend(blocker / "sub" / "x.db")
     assert info.value.path == str(blocker / "sub" / "x.db")
+
+
+class _BusyReader:
+    """Stands in for the read-only connection when SQLite reports it busy."""
+
+    def execute(self, sql: str, params: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    def close(self) -> None:
+        pass
+
+
+async def test_point_reads_fall_back_to_the_worker_when_the_reader_is_busy(tmp_path: Path) -> None:
+    backend = SqliteStateBackend(tmp_path / "busy.db")
+    await backend.put("k", b"v")
+    real_reader = backend._reader
+    backend._reader = _BusyReader()  # type: ignore[assignment]
+    assert await backend.get("k") == b"v"
+    assert await backend.get("missing") is None
+    assert await backend.exists("k")
+    backend._reader = real_reader
+    await backend.close()
+
+
+async def test_point_reads_see_every_committed_write(tmp_path: Path) -> None:
+    backend = SqliteStateBackend(tmp_path / "ryw.db")
+    for i in range(200):
+        await backend.put("k", str(i).encode())
+        assert await backend.get("k") == str(i).encode()
+    await backend.batch_put([(f"b{i}", b"x") for i in range(50)])
+    assert all([await backend.exists(f"b{i}") for i in range(50)])
+    await backend.close()

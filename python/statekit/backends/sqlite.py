@@ -4,8 +4,12 @@
   (writes take the database lock with ``BEGIN IMMEDIATE`` and wait up to ``timeout``).
 * One table ``statekit_kv(key TEXT PRIMARY KEY, value BLOB, expires_at REAL) WITHOUT ROWID``:
   range queries walk the primary key, batch operations run in one transaction each.
-* Blocking work runs on one worker thread per backend, so the event loop never stalls on
-  disk or on another process's lock.
+* Writes and multi-key reads run on one worker thread per backend, so the event loop never
+  stalls on disk or on another process's lock. Point reads (``get``, ``exists``) are served
+  inline from a second, read-only connection: in WAL mode a reader never waits for a writer,
+  and that connection has no busy timeout, so in the rare case SQLite reports it busy the read
+  falls back to the worker thread instead of blocking the loop. A thread hop costs ~100 µs;
+  an inline point read ~10 µs.
 * TTLs: an expired row is invisible to every read at once (lazy), and expired rows are
   deleted at most every ``cleanup_interval`` seconds as part of a write (periodic).
 
@@ -58,6 +62,8 @@ CREATE TABLE IF NOT EXISTS statekit_kv (
 CREATE INDEX IF NOT EXISTS statekit_kv_expiry ON statekit_kv(expires_at) WHERE expires_at IS NOT NULL;
 """
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
+_GET_SQL = f"SELECT value FROM statekit_kv WHERE key = ? AND {_LIVE}"
+_EXISTS_SQL = f"SELECT 1 FROM statekit_kv WHERE key = ? AND {_LIVE}"
 
 
 class SqliteStateBackend:
@@ -98,6 +104,8 @@ class SqliteStateBackend:
         # One connection, used by the worker thread (and by the synchronous stats() under the lock).
         self._lock = threading.Lock()
         self._conn = self._open(timeout)
+        self._reader = self._open_reader()
+        self._reader_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="statekit-sqlite")
 
     def __repr__(self) -> str:
@@ -149,6 +157,29 @@ class SqliteStateBackend:
             raise
         return conn
 
+    def _open_reader(self) -> sqlite3.Connection | None:
+        """A read-only connection for inline point reads (None for ":memory:" databases,
+        which a second connection would not see)."""
+        if self.path == ":memory:":
+            return None
+        reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        reader.execute("PRAGMA query_only=1")
+        reader.execute("PRAGMA busy_timeout=0")  # never wait: fall back to the worker instead
+        return reader
+
+    def _read_inline(self, sql: str, params: tuple[object, ...]) -> tuple[bool, tuple[object, ...] | None]:
+        """Run a one-row read on the reader connection: ``(done, row)``; not done when busy."""
+        if self._closed:
+            raise NotInitialized(f"the SQLite backend on {self.path!r} is closed", backend_type="sqlite")
+        if self._reader is None:
+            return False, None
+        with self._reader_lock:
+            try:
+                row: tuple[object, ...] | None = self._reader.execute(sql, params).fetchone()
+            except sqlite3.OperationalError:
+                return False, None  # busy or locked: let the worker thread wait for it
+        return True, row
+
     # -- running blocking work off the event loop ----------------------------------------
 
     async def _run(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
@@ -172,30 +203,34 @@ class SqliteStateBackend:
     # -- reads ---------------------------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
-        return await self._run(self._get, key)
+        done, row = self._read_inline(_GET_SQL, (key, self._clock()))
+        if not done:
+            return await self._run(self._get, key)
+        return self._count_get(row)
 
     def _get(self, key: str) -> bytes | None:
-        row = self._conn.execute(
-            f"SELECT value FROM statekit_kv WHERE key = ? AND {_LIVE}", (key, self._clock())
-        ).fetchone()
+        return self._count_get(self._conn.execute(_GET_SQL, (key, self._clock())).fetchone())
+
+    def _count_get(self, row: tuple[object, ...] | None) -> bytes | None:
         stats = self._stats
         stats.get_count += 1
         if row is None:
             stats.miss_count += 1
             return None
-        value: bytes = row[0]
+        value = row[0]
+        assert isinstance(value, bytes)
         stats.hit_count += 1
         stats.bytes_read += len(value)
         return value
 
     async def exists(self, key: str) -> bool:
-        return await self._run(self._exists, key)
+        done, row = self._read_inline(_EXISTS_SQL, (key, self._clock()))
+        if not done:
+            return await self._run(self._exists, key)
+        return row is not None
 
     def _exists(self, key: str) -> bool:
-        row = self._conn.execute(
-            f"SELECT 1 FROM statekit_kv WHERE key = ? AND {_LIVE}", (key, self._clock())
-        ).fetchone()
-        return row is not None
+        return self._conn.execute(_EXISTS_SQL, (key, self._clock())).fetchone() is not None
 
     async def list_keys(self, prefix: str = "") -> list[str]:
         return [key for key, _ in await self._run(self._range, prefix, None, None, False)]
@@ -394,6 +429,9 @@ class SqliteStateBackend:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._locked, self._conn.close)
         self._executor.shutdown(wait=True)
+        if self._reader is not None:
+            with self._reader_lock:
+                self._reader.close()
 
 
 class _transaction:
