@@ -38,27 +38,82 @@ _STORE_OPTIONS: Final = frozenset({"serializer", "key_prefix", "default_ttl", "s
 _BACKEND_OPTIONS: Final[dict[str, frozenset[str]]] = {
     "memory": frozenset({"cleanup_interval", "clock"}),
     "sqlite": frozenset({"path", "durability", "timeout", "cleanup_interval", "clock"}),
+    "redis": frozenset(
+        {
+            # seed 001's connection options
+            "host",
+            "port",
+            "password",
+            "db",
+            "ssl",
+            "timeout",
+            "max_connections",
+            # RedisConfig's (seed 004)
+            "url",
+            "urls",
+            "username",
+            "min_connections",
+            "connect_timeout",
+            "read_timeout",
+            "write_timeout",
+            "max_retries",
+            "retry_base_delay",
+            "retry_max_delay",
+            "cluster_mode",
+            "tls",
+            "tls_ca_certs",
+            "tls_verify",
+            "pipeline_batch_size",
+            "config",
+            "allow_unsigned_pickle",
+        }
+    ),
 }
 STORE_TYPES: Final = tuple(_BACKEND_OPTIONS)
 
 # How to read option values that arrive as strings (URL query, environment).
-_FLOAT_OPTIONS: Final = frozenset({"default_ttl", "timeout", "cleanup_interval"})
-_INT_OPTIONS: Final = frozenset({"port", "db", "max_connections"})
-_BOOL_OPTIONS: Final = frozenset({"ssl"})
-_URL_SCHEMES: Final = {"memory": "memory", "sqlite": "sqlite"}
+_FLOAT_OPTIONS: Final = frozenset(
+    {
+        "default_ttl",
+        "timeout",
+        "cleanup_interval",
+        "connect_timeout",
+        "read_timeout",
+        "write_timeout",
+        "retry_base_delay",
+        "retry_max_delay",
+    }
+)
+_INT_OPTIONS: Final = frozenset(
+    {"port", "db", "max_connections", "min_connections", "max_retries", "pipeline_batch_size"}
+)
+_BOOL_OPTIONS: Final = frozenset({"ssl", "tls", "tls_verify", "cluster_mode", "allow_unsigned_pickle"})
+_URL_SCHEMES: Final = {
+    "memory": "memory",
+    "sqlite": "sqlite",
+    "redis": "redis",
+    "rediss": "redis",
+    "redis+cluster": "redis",
+    "rediss+cluster": "redis",
+}
 
 
 def create_store(store_type: str = "memory", **options: Any) -> KeyValueStore:
     """Create a :class:`KeyValueStore`.
 
-    ``store_type`` is a backend name (``"memory"``, ``"sqlite"``) or a URL:
-    ``memory://``, ``sqlite:///abs/path.db``, ``sqlite://relative/path.db`` (options may
-    follow as a query string: ``sqlite:///s.db?durability=normal&key_prefix=job:``).
+    ``store_type`` is a backend name (``"memory"``, ``"sqlite"``, ``"redis"``) or a URL:
+    ``memory://``, ``sqlite:///abs/path.db``, ``sqlite://relative/path.db``,
+    ``redis://[user:password@]host:6379/0``, ``rediss://...`` (TLS), ``redis+cluster://host:port``
+    (options may follow as a query string: ``sqlite:///s.db?durability=normal&key_prefix=job:``).
 
     Options valid for every backend: ``serializer`` (``"json"``, ``"msgpack"``, ``"pickle"``),
     ``key_prefix``, ``default_ttl`` (seconds or timedelta), ``signing_key`` (pickle only).
     Memory: ``cleanup_interval``, ``clock``. SQLite: ``path`` (default ``.statekit/state.db``),
     ``durability`` (``"full"``/``"normal"``), ``timeout``, ``cleanup_interval``, ``clock``.
+    Redis: ``host``, ``port``, ``password``, ``username``, ``db``, ``ssl``/``tls``, ``timeout``,
+    ``max_connections`` and every other :class:`~statekit.backends.RedisConfig` field (or
+    ``config=RedisConfig(...)``). ``serializer="pickle"`` over Redis needs ``signing_key`` or
+    ``allow_unsigned_pickle=True``.
 
     Raises ConfigError (listing the valid choices) for an unknown type, serializer or option.
     """
@@ -79,6 +134,8 @@ def create_store(store_type: str = "memory", **options: Any) -> KeyValueStore:
             f"valid options: {valid}"
         )
     store_options = {k: options.pop(k) for k in list(options) if k in _STORE_OPTIONS}
+    if store_type == "redis":
+        _check_redis_store_options(store_options, options)
     backend = _BACKEND_BUILDERS[store_type](options)
     return KeyValueStore(backend, **store_options)
 
@@ -92,9 +149,63 @@ def _sqlite_backend(options: dict[str, Any]) -> StateBackend:
     return SqliteStateBackend(path, **options)
 
 
+def _check_redis_store_options(store_options: dict[str, Any], options: dict[str, Any]) -> None:
+    """Refuse unsigned pickle over Redis unless explicitly allowed."""
+    serializer = store_options.get("serializer", "json")
+    allow_unsigned = options.pop("allow_unsigned_pickle", False)
+    if (
+        isinstance(serializer, str)
+        and serializer.lower() == "pickle"
+        and store_options.get("signing_key") is None
+        and not allow_unsigned
+    ):
+        raise ConfigError(
+            "serializer='pickle' over Redis needs signing_key=... (a shared server must not be a way to "
+            "run code in every reader); pass allow_unsigned_pickle=True to accept the risk, or use "
+            "serializer='json' or 'msgpack'"
+        )
+
+
+def _redis_backend(options: dict[str, Any]) -> StateBackend:
+    from statekit.backends import RedisConfig, load_redis_backend
+
+    backend_class = load_redis_backend()
+    config = options.pop("config", None)
+    if config is not None:
+        if not isinstance(config, RedisConfig):
+            raise ConfigError(f"config must be a RedisConfig, got {type(config).__name__}")
+        if options:
+            raise ConfigError(
+                f"pass either config= or Redis options, not both (got {', '.join(sorted(options))})"
+            )
+        return backend_class(config)
+    # seed 001's names onto RedisConfig's.
+    host = options.pop("host", None)
+    port = options.pop("port", None)
+    ssl = options.pop("ssl", None)
+    if ssl is not None:
+        options.setdefault("tls", ssl)
+    timeout = options.pop("timeout", None)
+    if timeout is not None:
+        for name in ("connect_timeout", "read_timeout", "write_timeout"):
+            options.setdefault(name, timeout)
+    url = options.pop("url", None)
+    if url is None and "urls" not in options:
+        scheme = "rediss" if options.get("tls") else "redis"
+        url = f"{scheme}://{host or 'localhost'}:{port or 6379}"
+    elif host is not None or port is not None:
+        raise ConfigError("give the server either as a URL or as host=/port=, not both")
+    if url is not None:
+        if isinstance(url, str) and "urls" not in options:
+            return backend_class(RedisConfig.from_url(url, **options))
+        options["urls"] = (url,)
+    return backend_class(RedisConfig(**options))
+
+
 _BACKEND_BUILDERS: Final[dict[str, Callable[[dict[str, Any]], StateBackend]]] = {
     "memory": _memory_backend,
     "sqlite": _sqlite_backend,
+    "redis": _redis_backend,
 }
 
 
@@ -117,6 +228,10 @@ def parse_store_url(url: str) -> tuple[str, dict[str, Any]]:
                 f"sqlite URL {url!r} has no path; write sqlite:///abs/path.db or sqlite://rel.db"
             )
         options["path"] = path
+    elif store_type == "redis":
+        if not parts.hostname:
+            raise ConfigError(f"Redis URL {_redact(url)} has no host; write redis://host:6379/0")
+        options["url"] = parts._replace(query="", fragment="").geturl()
     elif parts.netloc or parts.path.strip("/"):
         raise ConfigError(f"memory URL takes no host or path, got {url!r}; write memory://")
     return store_type, options

@@ -8,7 +8,7 @@ validation. Backends only see prefixed ``str`` keys and ``bytes`` values.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -44,11 +44,17 @@ class StoreStats(dict[str, Any]):
     """The dict returned by :meth:`KeyValueStore.get_stats`.
 
     It can be used as is (``stats["total_keys"]``) or awaited (``await store.get_stats()``),
-    so code written for either style works with every backend.
+    so code written for either style works with every backend. Awaiting it also refreshes the
+    figures of a backend that has an async ``refresh_stats(prefix)`` (Redis: server-side key
+    counts, ``redis_version``, ``used_memory_human``).
     """
+
+    refresh: Callable[[], Awaitable[BackendStats]] | None = None
 
     def __await__(self) -> Generator[Any, None, StoreStats]:
         async def resolved() -> StoreStats:
+            if self.refresh is not None:
+                self.update((await self.refresh()).as_dict())
             return self
 
         return resolved().__await__()
@@ -244,6 +250,10 @@ class KeyValueStore:
             default_ttl=self._default_ttl,
             key_prefix=self._prefix,
         )
+        refresh = getattr(self._backend, "refresh_stats", None)
+        if refresh is not None:
+            prefix = self._prefix
+            stats.refresh = lambda: refresh(prefix)
         return stats
 
     async def close(self) -> None:

@@ -1,0 +1,229 @@
+"""Redis: statekit's RedisStateBackend vs redis-py, on one connection, 16-byte keys, 100-byte values.
+
+Groups (statekit rows are compared with every baseline row of their group):
+
+* batch put 100k: ``batch_put`` (Rust-encoded MULTI/MSET/EXEC chunks, hiredis-parsed replies) vs a
+  redis-py asyncio pipeline (``transaction=False``, hiredis) of SETs, vs redis-py ``MSET`` chunks,
+  vs ``redis-benchmark -P 256 -c 1`` (the server's ceiling) and 10k pre-encoded SETs in one
+  ``sendall`` on a raw socket (the wire's ceiling, per 10k).
+* batch get 100k: ``batch_get`` (MGET chunks) vs the pipeline of GETs and redis-py ``MGET`` chunks.
+* single put / get: one awaited operation at a time vs the raw redis-py call.
+
+A fresh standalone redis-server (no persistence) is started for the module, as in the tests.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from tests.integration.redis_servers import RedisServer, start_standalone
+
+from _support import LoopRunner, bench_async, describe, make_key, make_values
+from statekit import _native
+from statekit.backends import RedisConfig
+from statekit.backends.redis import RedisStateBackend
+
+redis_asyncio = pytest.importorskip("redis.asyncio")
+
+N = 100_000
+N_SINGLE = 2_000
+N_WIRE = 10_000
+CHUNK = 1000
+KEYS = [make_key(i) for i in range(N)]
+VALUES = make_values(N)
+PAIRS = list(zip(KEYS, VALUES, strict=True))
+
+put_group = pytest.mark.benchmark(group="redis: batch put 100k, 100 B values, one connection")
+get_group = pytest.mark.benchmark(group="redis: batch get 100k, 100 B values, one connection")
+single_put_group = pytest.mark.benchmark(group="redis: single awaited put")
+single_get_group = pytest.mark.benchmark(group="redis: single awaited get")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not found: apt-get install redis-server redis-tools")
+    s = start_standalone()
+    yield s
+    s.stop()
+
+
+def _backend(server: RedisServer) -> RedisStateBackend:
+    return RedisStateBackend(RedisConfig.from_url(server.url, pipeline_batch_size=CHUNK, max_connections=1))
+
+
+# -- batch put ---------------------------------------------------------------------------------
+
+
+@put_group
+def test_statekit_batch_put(benchmark: object, aloop: LoopRunner, server: RedisServer) -> None:
+    backend = _backend(server)
+    describe(benchmark, ops=N, targets={"baseline_redispy_pipeline": 10.0, "baseline_wire_sendall": 0.4})
+    bench_async(benchmark, aloop, lambda: backend.batch_put(PAIRS), rounds=5)
+    assert aloop.run(backend.batch_get([KEYS[0], KEYS[-1]])) == [VALUES[0], VALUES[-1]]
+    aloop.run(backend.close())
+
+
+@put_group
+def test_baseline_redispy_pipeline(benchmark: object, aloop: LoopRunner, server: RedisServer) -> None:
+    client = redis_asyncio.Redis(port=server.port, max_connections=1)
+
+    async def work() -> None:
+        pipe = client.pipeline(transaction=False)
+        for key, value in PAIRS:
+            pipe.set(key, value)
+        await pipe.execute()
+
+    describe(benchmark, ops=N)
+    bench_async(benchmark, aloop, work, rounds=2)
+    aloop.run(client.aclose())
+
+
+@put_group
+def test_baseline_redispy_mset(benchmark: object, aloop: LoopRunner, server: RedisServer) -> None:
+    client = redis_asyncio.Redis(port=server.port, max_connections=1)
+
+    async def work() -> None:
+        for i in range(0, N, CHUNK):
+            await client.mset(dict(PAIRS[i : i + CHUNK]))
+
+    describe(benchmark, ops=N)
+    bench_async(benchmark, aloop, work, rounds=5)
+    aloop.run(client.aclose())
+
+
+@put_group
+def test_baseline_redis_benchmark(benchmark: object, server: RedisServer) -> None:
+    """redis-benchmark -P 256 -c 1 SET: the server's ceiling (its own ops/s, reported as the round)."""
+    exe = shutil.which("redis-benchmark")
+    if exe is None:
+        pytest.skip("redis-benchmark not found")
+    cmd = [exe, "-h", "127.0.0.1", "-p", str(server.port), "-t", "set", "-n", str(N), "-d", "100",
+           "-r", str(N), "-P", "256", "-c", "1", "-q"]  # fmt: skip
+    describe(benchmark, ops=N, note=" ".join(cmd[0:1] + cmd[5:]))
+    benchmark.pedantic(lambda: subprocess.run(cmd, check=True, capture_output=True), rounds=3, iterations=1)  # type: ignore[attr-defined]
+    out = subprocess.run(cmd, check=True, capture_output=True).stdout.decode()
+    assert re.search(r"SET: [\d.]+ requests per second", out), out
+
+
+@put_group
+def test_baseline_wire_sendall(benchmark: object, server: RedisServer) -> None:
+    """10k pre-encoded SETs in one sendall on a raw socket, replies drained: the wire's ceiling."""
+    payload = _native.encode_commands([["SET", k, v] for k, v in PAIRS[:N_WIRE]])
+    expected = b"+OK\r\n" * N_WIRE
+    sock = socket.create_connection(("127.0.0.1", server.port))
+
+    def work() -> None:
+        sock.sendall(payload)
+        got = 0
+        while got < len(expected):
+            got += len(sock.recv(1 << 20))
+
+    describe(benchmark, ops=N_WIRE)
+    benchmark.pedantic(work, rounds=20, iterations=1, warmup_rounds=2)  # type: ignore[attr-defined]
+    sock.close()
+
+
+# -- batch get ---------------------------------------------------------------------------------
+
+
+@get_group
+def test_statekit_batch_get(benchmark: object, aloop: LoopRunner, server: RedisServer) -> None:
+    backend = _backend(server)
+    aloop.run(backend.batch_put(PAIRS))
+    describe(benchmark, ops=N, targets={"baseline_redispy_pipeline_get": 5.0})
+    bench_async(benchmark, aloop, lambda: backend.batch_get(KEYS), rounds=5)
+    assert aloop.run(backend.batch_get(KEYS)) == VALUES
+    aloop.run(backend.close())
+
+
+@get_group
+def test_baseline_redispy_pipeline_get(benchmark: object, aloop: LoopRunner, server: RedisServer) -> None:
+    client = redis_asyncio.Redis(port=server.port, max_connections=1)
+    aloop.run(client.mset(dict(PAIRS)))
+
+    async def work() -> list[bytes]:
+        pipe = client.pipeline(transaction=False)
+        for key in KEYS:
+            pipe.get(key)
+        result: list[bytes] = await pipe.execute()
+        return result
+
+    describe(benchmark, ops=N)
+    bench_async(benchmark, aloop, work, rounds=2)
+    aloop.run(client.aclose())
+
+
+@get_group
+def test_baseline_redispy_mget(benchmark: object, aloop: LoopRunner, server: RedisServer) -> None:
+    client = redis_asyncio.Redis(port=server.port, max_connections=1)
+    aloop.run(client.mset(dict(PAIRS)))
+
+    async def work() -> None:
+        for i in range(0, N, CHUNK):
+            await client.mget(KEYS[i : i + CHUNK])
+
+    describe(benchmark, ops=N)
+    bench_async(benchmark, aloop, work, rounds=5)
+    aloop.run(client.aclose())
+
+
+# -- single awaited ops --------------------------------------------------------------------------
+
+
+@single_put_group
+def test_statekit_put(benchmark: object, aloop: LoopRunner, server: RedisServer) -> None:
+    backend = _backend(server)
+
+    async def work() -> None:
+        for key, value in PAIRS[:N_SINGLE]:
+            await backend.put(key, value)
+
+    describe(benchmark, ops=N_SINGLE, targets={"baseline_redispy_set": 0.87})
+    bench_async(benchmark, aloop, work, rounds=5)
+    aloop.run(backend.close())
+
+
+@single_put_group
+def test_baseline_redispy_set(benchmark: object, aloop: LoopRunner, server: RedisServer) -> None:
+    client = redis_asyncio.Redis(port=server.port, max_connections=1)
+
+    async def work() -> None:
+        for key, value in PAIRS[:N_SINGLE]:
+            await client.set(key, value)
+
+    describe(benchmark, ops=N_SINGLE)
+    bench_async(benchmark, aloop, work, rounds=5)
+    aloop.run(client.aclose())
+
+
+@single_get_group
+def test_statekit_get(benchmark: object, aloop: LoopRunner, server: RedisServer) -> None:
+    backend = _backend(server)
+    aloop.run(backend.batch_put(PAIRS[:N_SINGLE]))
+
+    async def work() -> None:
+        for key in KEYS[:N_SINGLE]:
+            await backend.get(key)
+
+    describe(benchmark, ops=N_SINGLE, targets={"baseline_redispy_get": 0.87})
+    bench_async(benchmark, aloop, work, rounds=5)
+    aloop.run(backend.close())
+
+
+@single_get_group
+def test_baseline_redispy_get(benchmark: object, aloop: LoopRunner, server: RedisServer) -> None:
+    client = redis_asyncio.Redis(port=server.port, max_connections=1)
+
+    async def work() -> None:
+        for key in KEYS[:N_SINGLE]:
+            await client.get(key)
+
+    describe(benchmark, ops=N_SINGLE)
+    bench_async(benchmark, aloop, work, rounds=5)
+    aloop.run(client.aclose())
