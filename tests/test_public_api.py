@@ -1,7 +1,7 @@
 """The public import paths of ARCHITECTURE.md that exist so far, and tidy ``__all__`` lists.
 
-Paths of later issues (checkpoint, storage, the Redis/PostgreSQL locks, the Redis and cached
-backends) join CONTRACT as they land.
+Paths of later issues (checkpoint, storage, the Redis/PostgreSQL locks, the cached
+backend) join CONTRACT as they land.
 """
 
 from __future__ import annotations
@@ -32,7 +32,14 @@ CONTRACT: dict[str, list[str]] = {
         "LockLost",
         "ConfigError",
     ],
-    "statekit.backends": ["StateBackend", "MemoryStateBackend", "SqliteStateBackend", "BackendStats"],
+    "statekit.backends": [
+        "StateBackend",
+        "MemoryStateBackend",
+        "SqliteStateBackend",
+        "RedisStateBackend",
+        "RedisConfig",
+        "BackendStats",
+    ],
     "statekit.persistence": [
         "PersistenceManager",
         "RetryManager",
