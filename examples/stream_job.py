@@ -10,8 +10,13 @@ keeps, for every (window, key) pair, the count, sum, min and max of the amounts,
     python examples/stream_job.py                        # resumes from the last commit
 
 (``--crash-after N`` counts the events of the current run). Every run ends by recomputing
-every aggregate from scratch, comparing them with the store and printing ``MATCH`` (exit
-code 0) or ``MISMATCH`` (exit code 1).
+every aggregate from scratch, comparing them (and the records of the failed events) with the
+store and printing ``MATCH`` (exit code 0) or ``MISMATCH`` (exit code 1).
+
+Exit codes: 0 ``MATCH``; 1 ``MISMATCH``; 2 bad arguments or a refused resume; 3 a store,
+run-state file or failure-log error; 70 the simulated crash of ``--crash-after``; 75 another
+instance holds the job's lock, or the lock was lost while running (nothing half-done is left:
+run again once the other instance is gone).
 
 How exactly-once works here
 ---------------------------
@@ -31,6 +36,37 @@ offset in two calls would open a window where a crash double-counts a batch on r
 The stream is deterministic: the event at offset ``i`` is a pure function of ``(seed, i)``,
 computed with the splitmix64 mixer, so any offset can be regenerated on its own. A real job
 would read from Kafka, Kinesis or files instead, and store the source's offsets the same way.
+
+The bookkeeping of an incremental job
+-------------------------------------
+Around that core the job keeps what a production job keeps (in ``--state-dir``, next to the
+SQLite file; a ``memory://`` store, which dies with the process, gets none of the files):
+
+* ``stream_job.lock``, a :class:`~statekit.locks.FileLock` held for the whole run: a second
+  instance exits at once with code 75 instead of interleaving its commits with ours. A crash
+  leaves the file behind, but the kernel drops the ``flock`` with the process, so the next run
+  takes it without ceremony (the file only holds the last holder's PID). A monitor thread
+  checks every ``--lock-check-interval`` seconds that the file is still ours; if it was
+  deleted or rewritten the job stops before its next commit (code 75).
+* ``run_state.json``, the watermarks of :mod:`statekit.runs`. Every batch is a numbered "run"
+  (1, 2, ...; the number is kept in the offset record, so it does not depend on the batch
+  size). After each commit ``last_attempted_run`` and ``last_contiguous_run`` move to it.
+* ``failures.log``: events fail at a small deterministic rate (``--failure-rate``, 5 per
+  10,000 by default; 0 disables). A failed event is left out of the aggregates, its offset is
+  appended to the failure log (one per line, the :mod:`statekit.runs` format that
+  ``parse_run_records_from_file`` reads back) and an error record with its key and the reason
+  is saved with :meth:`~statekit.persistence.PersistenceManager.save_error` (prefix
+  ``stream_job``), where a retry pass would find it with ``get_failed_items``.
+* a :class:`~statekit.persistence.StateTracker` named ``stream_job`` in the store: counters
+  (batches, events processed, events failed) and the time of each batch phase (fold,
+  get_many, put_many), printed at the end.
+
+Only the store's offset record decides what is committed. The other records are written
+outside the batch transaction, so each is made consistent in its own way: the run-state file
+is checked against the offset record on every start (and caught up, or set back, when they
+disagree); failure records are written *before* the commit, so a crash can only leave extra
+ones, and those are trimmed on resume; the tracker's counters are at-least-once ("work done,
+including batches redone after a crash") and the summary says so next to the exact figures.
 """
 
 from __future__ import annotations
@@ -41,7 +77,8 @@ import os
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NamedTuple
@@ -50,17 +87,34 @@ from urllib.parse import quote
 from tqdm import tqdm
 
 from statekit import KeyValueStore, create_store
-from statekit.errors import ConfigError, StateError
+from statekit.errors import ConfigError, CorruptData, LockExistsError, LockLost, StateError
+from statekit.locks import FileLock
+from statekit.persistence import (
+    PersistenceManager,
+    StateTracker,
+    create_persistence_manager,
+    create_state_tracker,
+)
+from statekit.runs import (
+    append_to_failure_log,
+    get_incremental_start_run,
+    parse_run_records_from_file,
+    read_state,
+    update_attempted_run_state,
+    update_contiguous_run_state,
+    write_failure_log,
+    write_state,
+)
 
 # -- constants ---------------------------------------------------------------------------------
 
-#: Exit codes: 0 MATCH, 1 MISMATCH, 2 bad arguments or a refused resume, 3 a store error, and
-#: 70 for the simulated crash of ``--crash-after``.
+#: Exit codes (see the module docstring).
 EXIT_MATCH: Final = 0
 EXIT_MISMATCH: Final = 1
 EXIT_REFUSED: Final = 2
 EXIT_STORE_ERROR: Final = 3
 CRASH_EXIT_CODE: Final = 70
+EXIT_LOCKED: Final = 75  # EX_TEMPFAIL of sysexits.h: "try again later"
 
 #: Event time of offset 0 (2024-01-01T00:00:00Z, in ms). Event ``i`` happens ``i`` ms later,
 #: so the stream is in event-time order and 1,000,000 events span 1,000 s of event time.
@@ -72,6 +126,21 @@ AGG_PREFIX: Final = "agg:"
 OFFSET_KEY: Final = "job:offset"
 MAX_KEYS: Final = 100_000  # key ids are written with 5 digits
 MAX_WINDOWS: Final = 1_000_000  # window numbers are written with 6 digits
+#: Namespace of the StateTracker and of the PersistenceManager's error records:
+#: ``stream_job:counter:batches``, ``stream_job:errors:000000001234``, ...
+JOB_NAME: Final = "stream_job"
+
+#: Files in --state-dir besides the SQLite file.
+LOCK_FILE: Final = "stream_job.lock"
+RUN_STATE_FILE: Final = "run_state.json"
+FAILURE_LOG_FILE: Final = "failures.log"
+
+#: Failing events per 10,000 by default (0.05 %).
+DEFAULT_FAILURE_RATE: Final = 5
+RATE_SCALE: Final = 10_000
+#: Tracker counters and timed phases, in the order the summary prints them.
+COUNTERS: Final = ("batches", "events_processed", "events_failed")
+PHASES: Final = ("fold", "get_many", "put_many")
 
 # splitmix64 (Steele, Lea & Flood 2014): a counter stepped by the golden-ratio gamma, then mixed.
 _MASK64: Final = (1 << 64) - 1
@@ -93,6 +162,16 @@ def agg_key(window: int, key: int) -> str:
 # -- the synthetic stream ----------------------------------------------------------------------
 
 
+def failure_threshold(failure_rate: int) -> int:
+    """Events fail when bits 16..31 of their mixed value are below this.
+
+    Those 16 bits are a uniform fraction ``u`` in ``[0, 1)`` (in steps of 1/65,536), independent
+    of the key (bits 32..63) and the amount (bits 0..15); an event fails when ``u < rate /
+    10,000``, so ``failure_rate`` is honoured to within 1/65,536 (5 gives 5.04 per 10,000).
+    """
+    return -(-failure_rate * 65_536 // RATE_SCALE)
+
+
 @dataclass(frozen=True)
 class JobParams:
     """What defines the stream and the aggregates. A resumed run must use the same values."""
@@ -101,6 +180,7 @@ class JobParams:
     keys: int
     seed: int
     window_seconds: int
+    failure_rate: int = 0  # failing events per 10,000
 
     @property
     def window_ms(self) -> int:
@@ -117,6 +197,7 @@ class Event(NamedTuple):
     key: int  # 0 <= key < keys
     amount: int  # -100 <= amount < 900: a purchase or, when negative, a refund
     time_ms: int  # event time, ms since the Unix epoch
+    fails: bool  # a "poison" event: rejected, left out of the aggregates, logged as a failure
 
 
 def _mix64(z: int) -> int:
@@ -126,24 +207,42 @@ def _mix64(z: int) -> int:
     return z ^ (z >> 31)
 
 
-def event_at(seed: int, offset: int, num_keys: int) -> Event:
+def event_at(seed: int, offset: int, num_keys: int, failure_rate: int = 0) -> Event:
     """The event at ``offset``: computed directly, without replaying the stream before it."""
     z = _mix64((seed + (offset + 1) * _GAMMA) & _MASK64)  # the (offset + 1)-th splitmix64 output
-    # The high 32 bits pick the key, the low 16 bits the amount.
-    return Event(offset, (z >> 32) % num_keys, (z & 0xFFFF) % 1000 - 100, EPOCH_MS + offset)
+    # The high 32 bits pick the key, the low 16 bits the amount, bits 16..31 whether it fails.
+    return Event(
+        offset,
+        (z >> 32) % num_keys,
+        (z & 0xFFFF) % 1000 - 100,
+        EPOCH_MS + offset,
+        (z >> 16) & 0xFFFF < -(-failure_rate * 65_536 // RATE_SCALE),  # failure_threshold, inlined
+    )
 
 
-def fold_batch(params: JobParams, start: int, stop: int) -> dict[str, Delta]:
+def failure_reason(event: Event) -> str:
+    """The error recorded for a failed event (what a real job would get from its validator)."""
+    return f"key {event.key:05d}: poison event (amount {event.amount}) rejected by the synthetic failure rule"
+
+
+class Batch(NamedTuple):
+    deltas: dict[str, Delta]  # {agg_key: (count, sum, min, max)} of the events that did not fail
+    failed: list[int]  # offsets of the events that failed, ascending
+
+
+def fold_batch(params: JobParams, start: int, stop: int) -> Batch:
     """Events ``[start, stop)`` folded into ``{agg_key: (count, sum, min, max)}`` deltas.
 
     This is the job's hot loop, so it avoids per-event objects: event time is ``EPOCH_MS +
     offset``, which makes every window a contiguous range of offsets; within that range the
-    loop only mixes the counter and appends the amount to the key's list, and the per-key
-    statistics come from the C builtins ``len``/``sum``/``min``/``max``. It produces exactly
-    what :func:`event_at` would (a unit test checks this).
+    loop only mixes the counter, sets failed events aside and appends the amount to the key's
+    list, and the per-key statistics come from the C builtins ``len``/``sum``/``min``/``max``.
+    It produces exactly what :func:`event_at` would (a unit test checks this).
     """
     deltas: dict[str, Delta] = {}
+    failed: list[int] = []
     seed, num_keys, window_ms = params.seed, params.keys, params.window_ms
+    threshold = failure_threshold(params.failure_rate)
     segment_start = start
     while segment_start < stop:
         window = segment_start // window_ms  # == (event time - EPOCH_MS) // window length
@@ -151,11 +250,14 @@ def fold_batch(params: JobParams, start: int, stop: int) -> dict[str, Delta]:
         amounts: defaultdict[int, list[int]] = defaultdict(list)
         for offset in range(segment_start, segment_stop):
             z = _mix64((seed + (offset + 1) * _GAMMA) & _MASK64)
+            if (z >> 16) & 0xFFFF < threshold:
+                failed.append(offset)
+                continue
             amounts[(z >> 32) % num_keys].append((z & 0xFFFF) % 1000 - 100)
         for key, values in amounts.items():
             deltas[agg_key(window, key)] = (len(values), sum(values), min(values), max(values))
         segment_start = segment_stop
-    return deltas
+    return Batch(deltas, failed)
 
 
 def merge(current: Aggregate | None, delta: Delta) -> Aggregate:
@@ -171,27 +273,39 @@ def merge(current: Aggregate | None, delta: Delta) -> Aggregate:
     }
 
 
-# -- the job -----------------------------------------------------------------------------------
+# -- the committed state -----------------------------------------------------------------------
 
 
 class ResumeRefused(Exception):
     """The store holds state this run cannot safely continue."""
 
 
-def offset_record(params: JobParams, offset: int) -> dict[str, int]:
+class Committed(NamedTuple):
+    """What the offset record says is in the store (all zero for a fresh store)."""
+
+    offset: int  # events [0, offset) are committed
+    run: int  # how many batches ("runs") committed them: the last run number
+    failed: int  # how many of those events failed (and are in the failure records)
+
+
+def offset_record(params: JobParams, committed: Committed) -> dict[str, int]:
     """The ``job:offset`` value. ``offset`` counts the events whose effect is in the store: it is
-    the last contiguously processed offset + 1, i.e. the next offset to read."""
+    the last contiguously processed offset + 1, i.e. the next offset to read. ``run`` and
+    ``failed`` are committed with it, so they are exact however often the job crashed."""
     return {
-        "offset": offset,
+        "offset": committed.offset,
+        "run": committed.run,
+        "failed": committed.failed,
         "events_total": params.events,
         "keys": params.keys,
         "seed": params.seed,
         "window_seconds": params.window_seconds,
+        "failure_rate": params.failure_rate,
     }
 
 
-async def load_offset(store: KeyValueStore, params: JobParams) -> int:
-    """Where to start: 0 for a fresh store, the committed offset when resuming.
+async def load_offset(store: KeyValueStore, params: JobParams) -> Committed:
+    """Where to start: zeros for a fresh store, the committed offset record when resuming.
 
     Raises ResumeRefused when the stored state belongs to a job with other parameters (its
     aggregates would be meaningless mixed with ours) or has aggregates but no offset.
@@ -203,15 +317,18 @@ async def load_offset(store: KeyValueStore, params: JobParams) -> int:
                 f"the store holds aggregates but no {OFFSET_KEY!r} record, so it is not known which "
                 "events they include; pass --reset to start over"
             )
-        return 0
-    expected = offset_record(params, 0)
+        return Committed(0, 0, 0)
+    expected = offset_record(params, Committed(0, 0, 0))
     fields = {
         "events_total": "--events",
         "keys": "--keys",
         "seed": "--seed",
         "window_seconds": "--window-seconds",
+        "failure_rate": "--failure-rate",
     }
-    if not isinstance(record, dict) or not isinstance(record.get("offset"), int):
+    if not isinstance(record, dict) or not all(
+        isinstance(record.get(name), int) for name in ("offset", "run", "failed")
+    ):
         raise ResumeRefused(f"{OFFSET_KEY!r} holds {record!r}, not an offset record; pass --reset")
     differences = [
         f"{option} {record.get(name)} (stored) vs {expected[name]} (this run)"
@@ -224,24 +341,227 @@ async def load_offset(store: KeyValueStore, params: JobParams) -> int:
             + "; ".join(differences)
             + ". Rerun with the stored parameters, or pass --reset to discard the state and start over"
         )
-    offset: int = record["offset"]
-    if not 0 <= offset <= params.events:
-        raise ResumeRefused(f"stored offset {offset} is outside 0..{params.events}; pass --reset")
-    return offset
+    committed = Committed(record["offset"], record["run"], record["failed"])
+    if not 0 <= committed.offset <= params.events:
+        raise ResumeRefused(f"stored offset {committed.offset} is outside 0..{params.events}; pass --reset")
+    if committed.run < 0 or not 0 <= committed.failed <= committed.offset:
+        raise ResumeRefused(f"{OFFSET_KEY!r} holds impossible counts {record!r}; pass --reset")
+    return committed
 
 
 async def reset(store: KeyValueStore) -> int:
-    """Delete the job's keys (and only those) in one call: one transaction on SQLite."""
-    keys = [*await store.keys(AGG_PREFIX), OFFSET_KEY]
+    """Delete the job's keys (and only those) in one call: one transaction on SQLite.
+
+    That is the aggregates, the offset record, and the tracker's and error records' keys.
+    """
+    keys = [*await store.keys(AGG_PREFIX), *await store.keys(f"{JOB_NAME}:"), OFFSET_KEY]
     return await store.delete_many(keys)
 
 
+# -- the files next to the store ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobFiles:
+    lock: Path
+    run_state: Path
+    failure_log: Path
+
+    @classmethod
+    def in_dir(cls, state_dir: Path) -> JobFiles:
+        state_dir = state_dir.resolve()
+        return cls(state_dir / LOCK_FILE, state_dir / RUN_STATE_FILE, state_dir / FAILURE_LOG_FILE)
+
+
+class LockWatch:
+    """Told by the lock's monitor thread that the lock file was deleted or rewritten.
+
+    The job checks it before every commit: once another process may believe it holds the
+    lock, committing more batches could interleave with that process's commits.
+    """
+
+    def __init__(self) -> None:
+        self.lost: LockLost | None = None
+
+    def on_lost(self, error: LockLost) -> None:  # runs in the monitor thread
+        self.lost = error  # one attribute store: atomic, read by the job between batches
+
+    def check(self) -> None:
+        if self.lost is not None:
+            raise self.lost
+
+
+def advance_watermarks(run_state: Path, run: int) -> None:
+    """After the commit of batch ``run``: both watermarks move to it (two small fsynced writes)."""
+    update_attempted_run_state(run_state, [run])
+    update_contiguous_run_state(run_state, [run])
+
+
+def reconcile_run_state(run_state: Path, committed: Committed) -> str | None:
+    """Make the run-state file agree with the store; say what was found (None: nothing to say).
+
+    The store's offset record is the source of truth for exactly-once; the run-state file is
+    the human-facing watermark (what an operator or a scheduler looks at) and is written after
+    each commit, outside the batch transaction. So a crash between a commit and the watermark
+    update leaves it one run behind (it is caught up here), and a store replaced or restored
+    from an older copy leaves it ahead (it is set back: the store decides).
+    """
+    try:
+        start = get_incremental_start_run(run_state)
+        state = read_state(run_state)
+        contiguous = int(state.get("last_contiguous_run", 0))
+        attempted = int(state.get("last_attempted_run", 0))
+    except CorruptData as exc:  # a watermark that is not a number: rewrite both from the store
+        start = contiguous = attempted = -1
+        state = read_state(run_state)
+        print(f"warning: {exc}", file=sys.stderr)
+    found = f"incremental start run {start:,} (contiguous {contiguous:,}, attempted {attempted:,})"
+    target = committed.run
+    if contiguous == attempted == target:
+        if target == 0:
+            return None
+        return f"run-state file: {found}; the store has committed run {target:,}: they agree"
+    if contiguous > target or attempted > target or contiguous < 0 or attempted < 0:
+        state.update(last_contiguous_run=target, last_attempted_run=target)
+        if not write_state(run_state, state):
+            raise StateError(f"cannot write run-state file {str(run_state)!r}; see the log above")
+        return (
+            f"run-state file: {found} is AHEAD of the store, which has committed run {target:,}; "
+            f"the store is the source of truth, so both watermarks were set back to {target:,}"
+        )
+    update_contiguous_run_state(run_state, range(contiguous + 1, target + 1))
+    update_attempted_run_state(run_state, [target])
+    return (
+        f"run-state file: {found} lags the store, which has committed run {target:,} (a crash "
+        f"between a commit and the watermark update); caught up to {target:,}"
+    )
+
+
+def reconcile_failure_log(failure_log: Path, committed: Committed) -> str | None:
+    """Keep exactly one line per failed event of the committed batches; say what changed.
+
+    A batch's failure lines are appended *before* its commit (after it, a crash between the
+    two would lose them for good, since a committed batch is never redone). So the log is
+    at-least-once: a crash can leave the lines of the uncommitted batch, which the resumed
+    run appends again when it redoes that batch. Dropping every line at or past the
+    committed offset (and any duplicate) before processing makes it exactly-once again.
+    """
+    logged = parse_run_records_from_file(failure_log)
+    keep = sorted({offset for offset in logged if 0 <= offset < committed.offset})
+    notes = []
+    if keep != logged:
+        write_failure_log(failure_log, keep)
+        notes.append(
+            f"failure log: dropped {len(logged) - len(keep):,} line(s) of the uncommitted batch "
+            "(it is redone) or duplicates"
+        )
+    if len(keep) != committed.failed:
+        notes.append(
+            f"warning: the failure log lists {len(keep):,} failed events before offset "
+            f"{committed.offset:,}, but the offset record counts {committed.failed:,}; was it edited?"
+        )
+    return "\n".join(notes) or None
+
+
+def error_id(offset: int) -> str:
+    """The PersistenceManager item id of a failed event: its offset, zero-padded to sort."""
+    return f"{offset:012d}"
+
+
+# -- the job -----------------------------------------------------------------------------------
+
+
+class Bookkeeping:
+    """Everything a batch writes besides its commit: tracker, error records, failure log, run state.
+
+    Per batch that is one ``asyncio.gather`` of small writes before the commit and one after, so
+    their round trips overlap, and a run-state update that runs in a thread while the next
+    batch is folded. ``seconds`` adds up how long the batch loop waited for all that.
+
+    The tracker and the error records are given the store of :func:`side_store`: on SQLite a
+    second connection to the same file with ``durability=normal``, whose commits skip the
+    fsync. That loses nothing we need: a process crash loses no commit in either mode, and on
+    a power cut the next batch commit (``synchronous=FULL``) fsyncs the write-ahead log,
+    earlier frames included, so an error record written before its batch's commit is on disk
+    whenever that batch is.
+    """
+
+    def __init__(
+        self,
+        params: JobParams,
+        tracker: StateTracker,
+        errors: PersistenceManager,
+        files: JobFiles | None,
+        watch: LockWatch | None,
+    ) -> None:
+        self.params = params
+        self.tracker = tracker
+        self.errors = errors
+        self.files = files
+        self.watch = watch
+        self.seconds = 0.0
+        self._watermarks: asyncio.Future[None] | None = None
+
+    async def before_commit(
+        self, start: int, stop: int, failed: list[int], *, fold: float, get: float
+    ) -> None:
+        """Record the batch's work and failures; done before the commit, so at least once.
+
+        Failure records must not be lost, so they go first (see reconcile_failure_log); the
+        error records are keyed by offset, so writing them again when a batch is redone just
+        replaces them with the same content. The tracker's counters are not idempotent: a
+        redone batch is counted twice, which the summary reports as redone work.
+        """
+        began = time.perf_counter()
+        writes: list[Awaitable[object]] = [
+            self.tracker.increment_counter("batches"),
+            self.tracker.increment_counter("events_processed", stop - start),
+            self.tracker.record_processing_time("fold", fold),
+            self.tracker.record_processing_time("get_many", get),
+        ]
+        if failed:
+            writes.append(self.tracker.increment_counter("events_failed", len(failed)))
+            params = self.params
+            for offset in failed:
+                event = event_at(params.seed, offset, params.keys, params.failure_rate)
+                writes.append(self.errors.save_error(error_id(offset), failure_reason(event)))
+            if self.files is not None:
+                writes.append(asyncio.to_thread(append_to_failure_log, self.files.failure_log, failed))
+        await asyncio.gather(*writes)
+        self.seconds += time.perf_counter() - began
+
+    async def after_commit(self, run: int, *, put: float) -> None:
+        """Batch ``run`` is committed: record the commit's time, start moving the watermarks."""
+        began = time.perf_counter()
+        await asyncio.gather(self.tracker.record_processing_time("put_many", put), self.settle())
+        if self.files is not None:
+            # Two fsynced file writes: done in a thread (started now, without waiting for the
+            # event loop) while the next batch is folded. The previous update is settled first,
+            # since the contiguous watermark only advances one run after the other.
+            self._watermarks = asyncio.get_running_loop().run_in_executor(
+                None, advance_watermarks, self.files.run_state, run
+            )
+        self.seconds += time.perf_counter() - began
+
+    async def settle(self) -> None:
+        """Wait for the pending run-state update (and raise its error, if any)."""
+        pending, self._watermarks = self._watermarks, None
+        if pending is not None:
+            await pending
+
+    def check_lock(self) -> None:
+        """Raise LockLost when the lock monitor found the lock file deleted or rewritten."""
+        if self.watch is not None:
+            self.watch.check()
+
+
 def crash_now(offset: int, stop: int, *, computed: int, seconds: float) -> None:
-    """Die like a killed process: no ``finally`` blocks, no store close, no flushing by Python."""
+    """Die like a killed process: no ``finally`` blocks, no store close, no lock release."""
     print(
         f"simulating a crash after computing {computed:,} events in {seconds:.2f} s "
-        f"({computed / seconds:,.0f} events/s): batch [{offset:,}, {stop:,}) is not written; "
-        f"exiting hard with code {CRASH_EXIT_CODE}, the last commit is offset {offset:,}",
+        f"({computed / seconds:,.0f} events/s): batch [{offset:,}, {stop:,}) has its failure records "
+        f"written but is not committed; exiting hard with code {CRASH_EXIT_CODE}, the last commit is "
+        f"offset {offset:,}",
         flush=True,
     )
     sys.stderr.flush()
@@ -251,14 +571,15 @@ def crash_now(offset: int, stop: int, *, computed: int, seconds: float) -> None:
 async def process(
     store: KeyValueStore,
     params: JobParams,
-    start: int,
+    committed: Committed,
+    book: Bookkeeping,
     *,
     batch_size: int,
     crash_after: int | None,
     progress: bool,
-) -> int:
-    """Consume events ``[start, params.events)`` in batches; return how many were processed."""
-    offset = start
+) -> Committed:
+    """Consume events ``[committed.offset, params.events)`` in batches; return the last commit."""
+    start = committed.offset
     began = time.perf_counter()
     with tqdm(
         total=params.events,
@@ -269,44 +590,62 @@ async def process(
         disable=not progress,
         smoothing=0.1,
     ) as bar:
-        while offset < params.events:
+        while committed.offset < params.events:
+            offset = committed.offset
             stop = min(offset + batch_size, params.events)
             # 1. Fold the batch locally: one entry per (window, key) the batch touches.
-            deltas = fold_batch(params, offset, stop)
+            t0 = time.perf_counter()
+            deltas, failed = fold_batch(params, offset, stop)
             # 2. Read the current aggregates of exactly those keys, in one round trip.
+            t1 = time.perf_counter()
             keys = list(deltas)
             current = await store.get_many(keys)
+            t2 = time.perf_counter()
             # 3. Merge, and add the offset record that says "events before `stop` are in".
             updates: dict[str, Any] = {
                 key: merge(old, deltas[key]) for key, old in zip(keys, current, strict=True)
             }
-            updates[OFFSET_KEY] = offset_record(params, stop)
+            batch = Committed(stop, committed.run + 1, committed.failed + len(failed))
+            updates[OFFSET_KEY] = offset_record(params, batch)
+            # 4. Failure records and the tracker's work counters, before the commit.
+            await book.before_commit(offset, stop, failed, fold=t1 - t0, get=t2 - t1)
             if crash_after is not None and stop - start >= crash_after:
                 bar.close()
+                # Let the previous batch's run-state update land, so the demo is repeatable (a
+                # real crash may leave the file one run behind: the next start catches it up).
+                await book.settle()
                 # The worst moment: the batch's work is done but not committed.
                 crash_now(offset, stop, computed=stop - start, seconds=time.perf_counter() - began)
-            # 4. Commit aggregates and offset together: one put_many, one transaction.
+            book.check_lock()
+            # 5. Commit aggregates and offset together: one put_many, one transaction.
+            t3 = time.perf_counter()
             await store.put_many(updates)
+            committed = batch
+            # 6. Then the human-facing watermarks and the commit's timing.
+            await book.after_commit(batch.run, put=time.perf_counter() - t3)
             bar.update(stop - offset)
-            offset = stop
-    return offset - start
+    return committed
 
 
 # -- verification ------------------------------------------------------------------------------
 
 
-def expected_windows(params: JobParams) -> Iterator[tuple[int, dict[str, Aggregate]]]:
+def expected_windows(params: JobParams, failed: list[int]) -> Iterator[tuple[int, dict[str, Aggregate]]]:
     """``(window, {agg_key: aggregate})`` for every window, recomputed from scratch.
 
     Deliberately a second, plain implementation: one :func:`event_at` per event, the window
-    taken from the event time, the aggregate updated field by field. Events come in event-time
-    order, so one window is held in memory at a time.
+    taken from the event time, the aggregate updated field by field; failing events are left
+    out and their offsets appended to ``failed``. Events come in event-time order, so one
+    window is held in memory at a time.
     """
-    seed, num_keys, window_ms = params.seed, params.keys, params.window_ms
+    seed, num_keys, window_ms, rate = params.seed, params.keys, params.window_ms, params.failure_rate
     current_window = -1
     aggregates: dict[int, list[int]] = {}  # key -> [count, sum, min, max] in the current window
     for offset in range(params.events):
-        _, key, amount, time_ms = event_at(seed, offset, num_keys)
+        _, key, amount, time_ms, fails = event_at(seed, offset, num_keys, rate)
+        if fails:
+            failed.append(offset)
+            continue
         window = (time_ms - EPOCH_MS) // window_ms
         if window != current_window:
             if aggregates:
@@ -336,18 +675,42 @@ def _as_aggregates(window: int, aggregates: dict[int, list[int]]) -> dict[str, A
 @dataclass
 class Verification:
     aggregates: int  # how many aggregates the recomputation expects
-    events: int  # sum of the expected counts: every event of the stream
+    events: int  # sum of the expected counts: every event of the stream that did not fail
+    failed: int  # how many events the recomputation says fail
     problems: list[str]  # the first few differences, readable
     mismatched: int  # how many aggregates differ, are missing or are unexpected
+    failure_problems: list[str]  # how the failure records differ from the recomputation
 
     @property
     def ok(self) -> bool:
-        return self.mismatched == 0
+        return self.mismatched == 0 and not self.failure_problems
 
 
-async def verify(store: KeyValueStore, params: JobParams, *, show: int = 5) -> Verification:
-    """Compare every stored aggregate with the recomputation, one window at a time."""
-    result = Verification(aggregates=0, events=0, problems=[], mismatched=0)
+def _compare_offsets(what: str, found: list[int], expected: list[int]) -> list[str]:
+    """Differences between the failed offsets ``found`` somewhere and the ``expected`` ones."""
+    problems = []
+    unique = set(found)
+    if len(found) != len(unique):
+        problems.append(f"{what}: {len(found) - len(unique):,} duplicate(s)")
+    missing, unexpected = sorted(set(expected) - unique), sorted(unique - set(expected))
+    if missing:
+        problems.append(f"{what}: {len(missing):,} failed event(s) missing, first offset {missing[0]:,}")
+    if unexpected:
+        problems.append(f"{what}: {len(unexpected):,} unexpected event(s), first offset {unexpected[0]:,}")
+    return problems
+
+
+async def verify(
+    store: KeyValueStore,
+    params: JobParams,
+    errors: PersistenceManager,
+    failure_log: Path | None,
+    *,
+    show: int = 5,
+) -> Verification:
+    """Compare every stored aggregate with the recomputation, one window at a time; then the
+    failure records (offset record, failure log, error records) with the recomputed failures."""
+    result = Verification(aggregates=0, events=0, failed=0, problems=[], mismatched=0, failure_problems=[])
 
     def problem(text: str, count: int = 1) -> None:
         result.mismatched += count
@@ -355,7 +718,8 @@ async def verify(store: KeyValueStore, params: JobParams, *, show: int = 5) -> V
             result.problems.append(text)
 
     seen_in_windows = 0
-    for window, expected in expected_windows(params):
+    failed: list[int] = []
+    for window, expected in expected_windows(params, failed):
         stored = dict(await store.range_get(f"{AGG_PREFIX}{window:06d}:"))
         seen_in_windows += len(stored)
         result.aggregates += len(expected)
@@ -370,7 +734,55 @@ async def verify(store: KeyValueStore, params: JobParams, *, show: int = 5) -> V
     outside = len(await store.keys(AGG_PREFIX)) - seen_in_windows
     if outside:
         problem(f"{outside} stored aggregates lie outside the stream's windows", count=outside)
+
+    # The failures: counted in the offset record, listed in the failure log and the error records.
+    result.failed = len(failed)
+    record: Any = await store.get(OFFSET_KEY)
+    counted = record.get("failed") if isinstance(record, dict) else None
+    if counted != len(failed):
+        result.failure_problems.append(
+            f"offset record: counts {counted} failed events, expected {len(failed):,}"
+        )
+    if failure_log is not None:
+        logged = parse_run_records_from_file(failure_log)
+        result.failure_problems += _compare_offsets(f"failure log {failure_log.name}", logged, failed)
+    records = await errors.get_failed_items(max_retries=1)
+    result.failure_problems += _compare_offsets(
+        "error records", [int(r["item_id"]) for r in records if r["item_id"].isdigit()], failed
+    )
+    wrong = [
+        r["item_id"]
+        for r in records
+        if not r["item_id"].isdigit()
+        or r["error"] != failure_reason(event_at(params.seed, int(r["item_id"]), params.keys))
+    ]
+    if wrong:
+        result.failure_problems.append(
+            f"error records: {len(wrong):,} with a wrong id or text, first {wrong[0]}"
+        )
     return result
+
+
+async def tracker_summary(tracker: StateTracker, committed: Committed) -> list[str]:
+    """The tracker's counters and timings, next to the exact figures of the offset record."""
+    counters = {name: await tracker.get_counter(name) for name in COUNTERS}
+    lines = [
+        f"tracker {tracker.name!r}, work done including batches redone after a crash (written apart "
+        "from the commits, so at least once): "
+        + ", ".join(f"{name} {value:,}" for name, value in counters.items()),
+        f"committed exactly once (offset record): batches {committed.run:,}, events_processed "
+        f"{committed.offset:,}, events_failed {committed.failed:,}; redone work: "
+        f"{counters['batches'] - committed.run:,} batch(es), "
+        f"{counters['events_processed'] - committed.offset:,} events",
+    ]
+    for phase in PHASES:
+        stats = await tracker.get_processing_stats(phase)
+        lines.append(
+            f"  {phase:<8} count {stats['count']:>6,}  avg {stats['avg_time'] * 1e3:8.2f} ms  "
+            f"min {stats['min_time'] * 1e3:8.2f} ms  max {stats['max_time'] * 1e3:8.2f} ms  "
+            f"total {stats['total_time']:7.2f} s"
+        )
+    return lines
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -386,16 +798,46 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _rate(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= RATE_SCALE:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {RATE_SCALE:,} (per 10,000), got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Tumbling-window aggregates of a synthetic event stream, kept in a statekit store "
         "and committed exactly once; verified against a recomputation at the end.",
+        epilog=f"Exit codes: {EXIT_MATCH} MATCH, {EXIT_MISMATCH} MISMATCH, {EXIT_REFUSED} bad arguments or "
+        f"refused resume, {EXIT_STORE_ERROR} store or state-file error, {CRASH_EXIT_CODE} simulated crash, "
+        f"{EXIT_LOCKED} another instance holds the lock (or it was lost).",
     )
     parser.add_argument("--events", type=_positive_int, default=1_000_000, help="stream length")
     parser.add_argument("--keys", type=_positive_int, default=10_000, help="distinct keys (at most 100000)")
     parser.add_argument("--seed", type=int, default=20240101, help="stream seed")
     parser.add_argument("--batch-size", type=_positive_int, default=20_000, help="events per commit")
     parser.add_argument("--window-seconds", type=_positive_int, default=60, help="window length")
+    parser.add_argument(
+        "--failure-rate",
+        type=_rate,
+        default=DEFAULT_FAILURE_RATE,
+        metavar="N",
+        help=f"failing events per 10,000 (default {DEFAULT_FAILURE_RATE}, i.e. 0.05%%; 0 disables)",
+    )
     parser.add_argument("--state-dir", type=Path, default=Path(".statekit"), help="default: ./.statekit")
     parser.add_argument(
         "--store",
@@ -408,6 +850,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="N",
         help=f"exit hard (code {CRASH_EXIT_CODE}) once about N events of this run are computed",
     )
+    parser.add_argument(
+        "--lock-check-interval",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="how often the lock monitor checks the lock file (default 5)",
+    )
     parser.add_argument("--reset", action="store_true", help="delete the job's state first")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -419,65 +868,164 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> int:
-    params = JobParams(events=args.events, keys=args.keys, seed=args.seed, window_seconds=args.window_seconds)
+    params = JobParams(
+        events=args.events,
+        keys=args.keys,
+        seed=args.seed,
+        window_seconds=args.window_seconds,
+        failure_rate=args.failure_rate,
+    )
     # sqlite:/// followed by the absolute path (quoted, in case it holds a space, "?" or "#").
     url: str = args.store or f"sqlite://{quote((args.state_dir.resolve() / 'stream.db').as_posix())}"
     print(
         f"stream job: {params.events:,} events over {params.keys:,} keys (seed {params.seed}), "
-        f"{params.window_seconds} s windows ({params.windows} windows), batches of {args.batch_size:,}; "
-        f"store {url}",
+        f"{params.window_seconds} s windows ({params.windows} windows), batches of {args.batch_size:,}, "
+        f"{params.failure_rate} failing events per 10,000; store {url}",
         flush=True,
     )
-    began = time.perf_counter()
-    async with create_store(url) as store:
-        if args.crash_after is not None and not store.backend.persistent:
-            print("note: this store does not outlive the process, so the simulated crash loses everything")
-        if args.reset:
-            print(f"--reset: deleted {await reset(store):,} keys of a previous run", flush=True)
-        try:
-            start = await load_offset(store, params)
-        except ResumeRefused as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_REFUSED
-        if start == params.events:
-            print(f"nothing to process: all {start:,} events are already committed", flush=True)
-        elif start > 0:
-            print(f"resuming at offset {start:,} (the events before it are committed)", flush=True)
+    async with create_store(url) as store, side_store(store, url) as side:
+        if not store.backend.persistent:
+            if args.crash_after is not None:
+                print("note: this store does not outlive the process, so the simulated crash loses all")
+            print("note: no lock, run-state file or failure log for a store that dies with the process")
+            return await run_locked(store, side, params, args, files=None, watch=None)
+        files = JobFiles.in_dir(args.state_dir)
+        # The lock is taken before anything is read or changed, and held until the verification
+        # is done; LockExistsError (another instance) propagates to main().
+        with FileLock(files.lock) as lock:
+            watch = LockWatch()
+            lock.start_monitor(args.lock_check_interval, on_lost=watch.on_lost)
+            print(
+                f"lock {files.lock} held by pid {lock.get_pid()}; run state {files.run_state.name}, "
+                f"failure log {files.failure_log.name}",
+                flush=True,
+            )
+            return await run_locked(store, side, params, args, files=files, watch=watch)
 
-        processing_began = time.perf_counter()
-        processed = await process(
+
+@asynccontextmanager
+async def side_store(store: KeyValueStore, url: str) -> AsyncIterator[KeyValueStore]:
+    """Where the tracker and the error records go (see Bookkeeping): on SQLite, a second
+    connection to the same file without an fsync per commit; otherwise ``store`` itself."""
+    if store.backend.backend_type != "sqlite":
+        yield store
+        return
+    async with create_store(url, durability="normal") as side:
+        yield side
+
+
+async def run_locked(
+    store: KeyValueStore,
+    side: KeyValueStore,
+    params: JobParams,
+    args: argparse.Namespace,
+    *,
+    files: JobFiles | None,
+    watch: LockWatch | None,
+) -> int:
+    began = time.perf_counter()
+    if args.reset:
+        deleted = await reset(store)
+        removed = []
+        for path in (files.run_state, files.failure_log) if files is not None else ():
+            if path.exists():
+                path.unlink()
+                removed.append(path.name)
+        also = f" and removed {', '.join(removed)}" if removed else ""
+        print(f"--reset: deleted {deleted:,} keys of a previous run{also}", flush=True)
+    try:
+        committed = await load_offset(store, params)
+    except ResumeRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    if committed.offset == params.events:
+        print(f"nothing to process: all {committed.offset:,} events are already committed", flush=True)
+    elif committed.offset > 0:
+        print(
+            f"resuming at offset {committed.offset:,} (the events before it are committed, in "
+            f"{committed.run:,} batches)",
+            flush=True,
+        )
+    if files is not None:
+        for note in (
+            reconcile_run_state(files.run_state, committed),
+            reconcile_failure_log(files.failure_log, committed),
+        ):
+            if note:
+                print(note, flush=True)
+
+    # Counters and error records live as long as the aggregates (by default the tracker's would
+    # expire after 30 days and the error records after 24 hours): None is the store's default TTL, none here.
+    tracker = await create_state_tracker(JOB_NAME, side, ttl=None)
+    errors = await create_persistence_manager(JOB_NAME, side, error_ttl=None)
+    book = Bookkeeping(params, tracker, errors, files, watch)
+    processing_began = time.perf_counter()
+    try:
+        final = await process(
             store,
             params,
-            start,
+            committed,
+            book,
             batch_size=args.batch_size,
             crash_after=args.crash_after,
             progress=not args.no_progress and sys.stderr.isatty(),
         )
-        processing = time.perf_counter() - processing_began
-        rate = processed / processing if processing > 0 else 0.0
-        print(f"processed {processed:,} events in {processing:.2f} s ({rate:,.0f} events/s)", flush=True)
+    finally:
+        await book.settle()  # the last run-state update lands before the lock is let go, however we stop
+    processing = time.perf_counter() - processing_began
+    processed = final.offset - committed.offset
+    rate = processed / processing if processing > 0 else 0.0
+    print(f"processed {processed:,} events in {processing:.2f} s ({rate:,.0f} events/s)", flush=True)
+    if processed:
+        print(
+            f"bookkeeping (tracker, error records, failure log, run-state file): {book.seconds:.2f} s "
+            f"of the {processing:.2f} s",
+            flush=True,
+        )
 
-        print("verifying: recomputing every aggregate from scratch and comparing with the store", flush=True)
-        verify_began = time.perf_counter()
-        check = await verify(store, params)
-        verifying = time.perf_counter() - verify_began
+    print("verifying: recomputing every aggregate from scratch and comparing with the store", flush=True)
+    verify_began = time.perf_counter()
+    check = await verify(store, params, errors, files.failure_log if files is not None else None)
+    verifying = time.perf_counter() - verify_began
+    summary = await tracker_summary(tracker, final)
     wall = time.perf_counter() - began
 
     print(
-        f"verified {check.aggregates:,} aggregates in {params.windows} windows ({check.events:,} events) "
-        f"against the recomputation in {verifying:.2f} s"
+        f"verified {check.aggregates:,} aggregates in {params.windows} windows ({check.events:,} events, "
+        f"{check.failed:,} failed events left out) against the recomputation in {verifying:.2f} s"
     )
+    log = f" and the {files.failure_log.name} lines" if files is not None else ""
+    if not check.failure_problems:
+        print(
+            f"failed events: the offset record's count, the error records{log} all list the {check.failed:,}"
+        )
+    print("\n".join(summary))
     print(
         f"this run: {processed:,} events processed at {rate:,.0f} events/s; wall time {wall:.2f} s "
         "(processing + verification)"
     )
-    for text in check.problems:
+    for text in check.problems + check.failure_problems:
         print(f"  wrong: {text}")
-    if not check.ok:
+    if check.mismatched:
         print(f"MISMATCH: {check.mismatched:,} of {check.aggregates:,} aggregates are wrong")
+        return EXIT_MISMATCH
+    if check.failure_problems:
+        print(
+            f"MISMATCH: the aggregates are right, but {len(check.failure_problems)} check(s) of the "
+            "failure records fail"
+        )
         return EXIT_MISMATCH
     print(f"MATCH: all {check.aggregates:,} stored aggregates equal the recomputation")
     return EXIT_MATCH
+
+
+def _lock_held_elsewhere(exc: LockExistsError) -> bool:
+    """Whether a LockExistsError means "another holder" rather than "cannot open or write the file".
+
+    FileLock raises LockExistsError for both; only a refused ``flock`` (BlockingIOError) or
+    another FileLock of this process (no cause) is contention.
+    """
+    return exc.__cause__ is None or isinstance(exc.__cause__, BlockingIOError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -487,6 +1035,19 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:  # a bad --store URL: the message lists the valid choices
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
+    except LockExistsError as exc:
+        if not _lock_held_elsewhere(exc):
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_STORE_ERROR
+        print(f"error: another instance of the stream job is running, not starting: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except LockLost as exc:
+        print(
+            f"error: {exc}. Stopped before committing another batch; the committed state is consistent, "
+            "run again to resume once no other instance is running",
+            file=sys.stderr,
+        )
+        return EXIT_LOCKED
     except (StateError, OSError) as exc:  # the store failed: say what and where, without a traceback
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_STORE_ERROR

@@ -133,9 +133,16 @@ class RestoreFailed(StateError):
 class LockExistsError(StateError):
     """A lock is already held, by another process or by another lock object in this one."""
 
-    def __init__(self, message: str, *, path: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, path: str | None = None, held: bool = True, holder_pid: int | None = None
+    ) -> None:
         super().__init__(message)
         self.path = path
+        #: True when someone else holds the lock; False when it could not be taken at all
+        #: (lock file cannot be opened or written, no flock support).
+        self.held = held
+        #: The PID found in the lock file when held by another process (None if unreadable).
+        self.holder_pid = holder_pid
 
 
 class LockLost(StateError):

@@ -110,9 +110,8 @@ def _error_text(error: str | BaseException) -> str:
 
 async def _read_counter(store: KeyValueStore, key: str) -> int:
     """The value of an ``incr`` counter, 0 when missing, without creating it."""
-    if not await store.exists(key):
-        return 0
-    return await store.incr(key, 0)
+    value = await store.get_counter(key)
+    return 0 if value is None else value
 
 
 # -- PersistenceManager --------------------------------------------------------------------
@@ -255,6 +254,22 @@ class PersistenceManager:
         }
         await self._store.put(self._errors + item_id, record, self.error_ttl)
         logger.debug("%s: saved error for %r (retry %d)", self._prefix, item_id, retry_count)
+
+    async def save_errors(self, errors: Mapping[str, str | BaseException], retry_count: int = 0) -> int:
+        """Record several failed items at once: one ``put_many``, i.e. one transaction (one fsync
+        on SQLite) however many there are. Returns how many were given."""
+        if isinstance(retry_count, bool) or not isinstance(retry_count, int) or retry_count < 0:
+            raise ConfigError(f"retry_count must be a non-negative int, got {retry_count!r}")
+        stamp = _iso(self._clock())
+        records = {
+            self._errors + _check_name(item_id, "item_id"): ErrorRecord(
+                item_id=item_id, error=_error_text(error), retry_count=retry_count, timestamp=stamp
+            )
+            for item_id, error in errors.items()
+        }
+        if records:
+            await self._store.put_many(records, ttl=self.error_ttl)
+        return len(records)
 
     async def get_failed_items(self, max_retries: int = 3) -> list[ErrorRecord]:
         """Error records whose ``retry_count`` is below ``max_retries``, ordered by item id."""
@@ -516,8 +531,8 @@ class StateTracker:
         """Every counter of this tracker, by name."""
         cut = len(self._counter)
         keys = await self._store.keys(self._counter)
-        values = await asyncio.gather(*(self._store.incr(key, 0) for key in keys))
-        return {key[cut:]: value for key, value in zip(keys, values, strict=True)}
+        values = await asyncio.gather(*(self._store.get_counter(key) for key in keys))
+        return {key[cut:]: value for key, value in zip(keys, values, strict=True) if value is not None}
 
     async def reset_counter(self, name: str) -> bool:
         """Delete counter ``name``; True when it existed."""

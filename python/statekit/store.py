@@ -13,7 +13,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
 
-from statekit.backends.base import BackendStats, StateBackend
+from statekit.backends.base import BackendStats, StateBackend, parse_counter
 from statekit.errors import ConfigError, InvalidKey
 from statekit.serializers import PickleSerializer, Serializer, make_serializer
 
@@ -152,6 +152,11 @@ class KeyValueStore:
         """Whether ``key`` holds a live (unexpired) value."""
         return await self._backend.exists(self._full_key(key))
 
+    async def get_counter(self, key: str) -> int | None:
+        """The value of the ``incr`` counter ``key``, or None when missing; a pure read (no write)."""
+        raw = await self._backend.get(self._full_key(key))
+        return None if raw is None else parse_counter(raw, key, self._backend.backend_type)
+
     async def set_if_absent(self, key: str, value: Any, ttl: TTL | None = None) -> bool:
         """Store ``value`` only if ``key`` holds nothing live; True when it was stored. Atomic."""
         full_key = self._full_key(key)
@@ -169,7 +174,7 @@ class KeyValueStore:
         """Atomically add ``amount`` to the counter ``key`` (missing counts as 0); return the new value.
 
         Counters are stored as ASCII decimal whatever the serializer, so read them back with
-        ``incr(key, 0)``. ``ttl`` (or the default TTL) applies when the counter is created.
+        ``get_counter(key)``. ``ttl`` (or the default TTL) applies when the counter is created.
         """
         if isinstance(amount, bool) or not isinstance(amount, int):
             raise TypeError(f"amount must be an int, got {type(amount).__name__}")

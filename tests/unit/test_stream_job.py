@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -19,13 +22,22 @@ from typing import Any
 import pytest
 
 from statekit import create_store
+from statekit.locks import FileLock
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "stream_job.py"
 EVENTS = 30_000
 BATCH = 2_000
+BATCHES = EVENTS // BATCH
+KEYS = 500
+SEED = 20240101  # the job's default
+RATE = 50  # failing events per 10,000: about 10 per batch, so every batch has some
 # 5 s windows: 6 windows of 5,000 events, so batches of 2,000 straddle window boundaries.
-SMALL = ["--events", str(EVENTS), "--keys", "500", "--batch-size", str(BATCH), "--window-seconds", "5"]
+SMALL = [
+    *("--events", str(EVENTS), "--keys", str(KEYS), "--batch-size", str(BATCH)),
+    *("--window-seconds", "5", "--failure-rate", str(RATE)),
+]
 CRASH_CODE = 70
+LOCKED_CODE = 75
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +92,43 @@ def stored(db: Path) -> tuple[Any, int]:
     return asyncio.run(read())
 
 
+def run_state(state_dir: Path) -> tuple[int, int]:
+    """``(last_contiguous_run, last_attempted_run)`` of the job's run-state file."""
+    state = json.loads((state_dir / "run_state.json").read_text())
+    return state["last_contiguous_run"], state["last_attempted_run"]
+
+
+def failure_log(state_dir: Path) -> list[int]:
+    """The lines of the job's failure log, as ints, in file order."""
+    return [int(line) for line in (state_dir / "failures.log").read_text().splitlines()]
+
+
+def expected_failures(job: ModuleType, start: int = 0, stop: int = EVENTS) -> list[int]:
+    """Offsets of the events of ``[start, stop)`` that fail, by the plain per-event rule."""
+    return [offset for offset in range(start, stop) if job.event_at(SEED, offset, KEYS, RATE).fails]
+
+
+def counters(proc: subprocess.CompletedProcess[str]) -> dict[str, int]:
+    """The tracker counters the summary prints: ``{"batches": .., "events_processed": .., ...}``."""
+    found = re.search(r"^tracker 'stream_job'.*: (batches .*)$", proc.stdout, re.MULTILINE)
+    assert found, describe(proc)
+    return {
+        name: int(value.replace(",", "")) for name, value in re.findall(r"(\w+) ([\d,]+)", found.group(1))
+    }
+
+
+def phase_counts(proc: subprocess.CompletedProcess[str]) -> dict[str, int]:
+    """How many times each batch phase was timed, from the summary's timing lines."""
+    return {
+        phase: int(count.replace(",", ""))
+        for phase, count in re.findall(r"^  (\w+) +count +([\d,]+) +avg", proc.stdout, re.MULTILINE)
+    }
+
+
 # -- the example as a program -------------------------------------------------------------------
 
 
-def test_clean_run_verifies(tmp_path: Path) -> None:
+def test_clean_run_verifies(tmp_path: Path, job: ModuleType) -> None:
     state = tmp_path / "state"
     proc = run_job(state)
     assert_match(proc)
@@ -93,14 +138,32 @@ def test_clean_run_verifies(tmp_path: Path) -> None:
     assert record["offset"] == EVENTS
     assert aggregates > 0
 
+    # The bookkeeping: one run per batch, one failure-log line per failing event, the summary.
+    failures = expected_failures(job)
+    assert 100 < len(failures) < 200  # ~0.5 % of 30,000
+    assert record["run"] == BATCHES
+    assert record["failed"] == len(failures)
+    assert run_state(state) == (BATCHES, BATCHES)
+    assert failure_log(state) == failures
+    assert f"all list the {len(failures):,}" in proc.stdout
+    assert f"{len(failures):,} failed events left out" in proc.stdout
+    assert counters(proc) == {"batches": BATCHES, "events_processed": EVENTS, "events_failed": len(failures)}
+    assert "redone work: 0 batch(es), 0 events" in proc.stdout
+    assert phase_counts(proc) == {"fold": BATCHES, "get_many": BATCHES, "put_many": BATCHES}
+    assert (state / "stream_job.lock").exists()  # never deleted; it only holds the last PID
+
     # A second run finds everything committed, processes nothing and verifies again.
     again = run_job(state)
     assert_match(again)
     assert processed(again) == 0
     assert "nothing to process" in again.stdout
+    assert f"the store has committed run {BATCHES}: they agree" in again.stdout
+    assert counters(again)["batches"] == BATCHES  # nothing was redone
+    assert run_state(state) == (BATCHES, BATCHES)
+    assert failure_log(state) == failures
 
 
-def test_crash_then_resume(tmp_path: Path) -> None:
+def test_crash_then_resume(tmp_path: Path, job: ModuleType) -> None:
     state = tmp_path / "state"
     crashed = run_job(state, "--crash-after", "10000")
     assert crashed.returncode == CRASH_CODE, describe(crashed)
@@ -111,12 +174,36 @@ def test_crash_then_resume(tmp_path: Path) -> None:
     record, aggregates = stored(state / "stream.db")
     assert record["offset"] == 10_000 - BATCH
     assert aggregates > 0
+    # The run-state file says 4 batches, like the store; the failure log already holds the lines
+    # of the uncommitted fifth batch (they are written before the commit, so never lost).
+    assert record["run"] == 4
+    assert run_state(state) == (4, 4)
+    redone = expected_failures(job, 10_000 - BATCH, 10_000)
+    assert redone
+    assert failure_log(state) == expected_failures(job, 0, 10_000)
+    # The crash left the lock file, with the dead process's PID in it; the kernel dropped the flock.
+    pid = re.search(r"held by pid (\d+)", crashed.stdout)
+    assert pid, describe(crashed)
+    assert (state / "stream_job.lock").read_text().strip() == pid.group(1)
 
     resumed = run_job(state)
     assert_match(resumed)
     assert f"resuming at offset {10_000 - BATCH:,}" in resumed.stdout
     assert processed(resumed) == EVENTS - (10_000 - BATCH)
     assert stored(state / "stream.db")[0]["offset"] == EVENTS
+    assert "the store has committed run 4: they agree" in resumed.stdout
+    assert f"failure log: dropped {len(redone)} line(s) of the uncommitted batch" in resumed.stdout
+    # Exactly once where it matters, at least once where it is labelled so.
+    assert run_state(state) == (BATCHES, BATCHES)
+    assert failure_log(state) == expected_failures(job)  # unique, in order, none missing
+    assert counters(resumed) == {
+        "batches": BATCHES + 1,
+        "events_processed": EVENTS + BATCH,
+        "events_failed": len(expected_failures(job)) + len(redone),
+    }
+    assert f"redone work: 1 batch(es), {BATCH:,} events" in resumed.stdout
+    assert phase_counts(resumed) == {"fold": BATCHES + 1, "get_many": BATCHES + 1, "put_many": BATCHES}
+    assert (state / "stream_job.lock").read_text().strip() != pid.group(1)
 
 
 def test_two_crashes_then_resume(tmp_path: Path) -> None:
@@ -137,6 +224,8 @@ def test_two_crashes_then_resume(tmp_path: Path) -> None:
     assert_match(final)
     assert f"resuming at offset {offset_after_second:,}" in final.stdout
     assert processed(final) == EVENTS - offset_after_second
+    assert run_state(state) == (BATCHES, BATCHES)
+    assert counters(final)["batches"] == BATCHES + 2
 
 
 def test_resume_with_another_batch_size(tmp_path: Path) -> None:
@@ -144,6 +233,8 @@ def test_resume_with_another_batch_size(tmp_path: Path) -> None:
     state = tmp_path / "state"
     assert run_job(state, "--crash-after", "5000").returncode == CRASH_CODE
     assert_match(run_job(state, "--batch-size", "1234"))
+    # Runs are counted in the offset record, not derived from offsets: 2 of 2,000, then 22 of 1,234.
+    assert run_state(state) == (2 + 22, 2 + 22)
 
 
 def test_memory_store_verifies(tmp_path: Path) -> None:
@@ -152,12 +243,20 @@ def test_memory_store_verifies(tmp_path: Path) -> None:
     assert_match(proc)
     assert processed(proc) == EVENTS
     assert "store memory://" in proc.stdout
+    assert "no lock, run-state file or failure log" in proc.stdout
+    assert f"batches {BATCHES}" in proc.stdout  # the tracker lives in the (memory) store
     assert not state.exists()  # nothing was written to disk
 
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("--seed", "7"), ("--events", "20000"), ("--keys", "400"), ("--window-seconds", "10")],
+    [
+        ("--seed", "7"),
+        ("--events", "20000"),
+        ("--keys", "400"),
+        ("--window-seconds", "10"),
+        ("--failure-rate", "7"),
+    ],
 )
 def test_resume_with_other_parameters_is_refused(tmp_path: Path, option: str, value: str) -> None:
     state = tmp_path / "state"
@@ -176,7 +275,12 @@ def test_resume_with_other_parameters_is_refused(tmp_path: Path, option: str, va
     fresh = run_job(state, option, value, "--reset")
     assert_match(fresh)
     assert "--reset: deleted" in fresh.stdout
+    assert "and removed run_state.json, failures.log" in fresh.stdout
     assert "resuming" not in fresh.stdout
+    assert "redone work: 0 batch(es)" in fresh.stdout  # the tracker was reset too
+    record = stored(state / "stream.db")[0]
+    assert run_state(state) == (record["run"], record["run"])
+    assert len(failure_log(state)) == record["failed"]
 
 
 def test_aggregates_without_offset_are_refused(tmp_path: Path) -> None:
@@ -204,6 +308,18 @@ def test_bad_arguments_are_usage_errors(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    "args", [["--failure-rate", "-1"], ["--failure-rate", "10001"], ["--lock-check-interval", "0"]]
+)
+def test_bad_bookkeeping_options(
+    job: ModuleType, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        job.parse_args(args)
+    assert exit_info.value.code == 2
+    assert args[0] in capsys.readouterr().err
+
+
 def test_unusable_store_is_a_clean_error(tmp_path: Path) -> None:
     not_a_db = tmp_path / "state" / "stream.db"
     not_a_db.parent.mkdir()
@@ -213,6 +329,111 @@ def test_unusable_store_is_a_clean_error(tmp_path: Path) -> None:
     assert "StorageError" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not_a_db.read_text().startswith("this is not")  # left untouched
+
+
+# -- the lock ------------------------------------------------------------------------------------
+
+
+def test_second_instance_is_locked_out(
+    tmp_path: Path, job: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    assert run_job(state, "--crash-after", "6000").returncode == CRASH_CODE
+    before = stored(state / "stream.db")
+    files_before = (run_state(state), failure_log(state))
+
+    # This test process plays the running instance: it holds the job's lock.
+    with FileLock(state / "stream_job.lock"):
+        locked_out = run_job(state)
+        assert locked_out.returncode == LOCKED_CODE, describe(locked_out)
+        assert "another instance of the stream job is running" in locked_out.stderr
+        assert f"held by process {os.getpid()}" in locked_out.stderr
+        assert "Traceback" not in locked_out.stderr
+        assert "processed" not in locked_out.stdout
+        # In the same process (another FileLock on the same file), too.
+        argv = ["--state-dir", str(state), "--no-progress", *SMALL]
+        assert job.main(argv) == LOCKED_CODE
+        assert "another instance of the stream job is running" in capsys.readouterr().err
+    assert stored(state / "stream.db") == before  # the locked-out runs touched nothing
+    assert (run_state(state), failure_log(state)) == files_before
+
+    # Once the holder is gone the job resumes (the crash's stale lock file was no obstacle either).
+    resumed = run_job(state)
+    assert_match(resumed)
+    assert "resuming at offset 4,000" in resumed.stdout
+
+
+def test_lost_lock_stops_before_the_next_commit(tmp_path: Path) -> None:
+    """Deleting the lock file under a running job: its monitor notices and the job stops cleanly."""
+    state = tmp_path / "state"
+    events = 100_000  # seconds of work: plenty of time to pull the lock file from under it
+    args = [*SMALL, "--events", str(events), "--lock-check-interval", "0.02"]
+    with subprocess.Popen(
+        [sys.executable, str(EXAMPLE), "--state-dir", str(state), "--no-progress", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("lock "):  # printed once the lock is held, before any batch
+                break
+        deadline = time.monotonic() + 60
+        while not (state / "run_state.json").exists():  # written after the first commit
+            assert proc.poll() is None, "the job ended before the lock could be pulled"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        (state / "stream_job.lock").unlink()
+        out, err = proc.communicate(timeout=240)
+    assert proc.returncode == LOCKED_CODE, f"{out}\n{err}"
+    assert "was deleted" in err
+    assert "Stopped before committing another batch" in err
+    assert "MATCH" not in out
+
+    # What was committed is whole: the offset record, the aggregates and the watermarks agree.
+    record, _ = stored(state / "stream.db")
+    assert 0 < record["offset"] < events
+    assert record["offset"] == record["run"] * BATCH
+    assert run_state(state) == (record["run"], record["run"])
+
+    async def folded() -> int:
+        async with create_store(f"sqlite://{state / 'stream.db'}") as store:
+            return sum(agg["count"] for _, agg in await store.range_get("agg:"))
+
+    assert asyncio.run(folded()) == record["offset"] - record["failed"]
+
+
+# -- run-state file and failure log kept consistent with the store -------------------------------
+
+
+def test_run_state_and_failure_log_are_reconciled_with_the_store(
+    tmp_path: Path, job: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    assert_match(run_job(state))
+    failures = expected_failures(job)
+    path = state / "run_state.json"
+
+    # Behind the store (a crash between a commit and the watermark update): caught up.
+    path.write_text(json.dumps({"last_contiguous_run": 9, "last_attempted_run": 11, "owner": "ops"}))
+    with (state / "failures.log").open("a") as log:  # and a duplicated line, say from a bad restore
+        log.write(f"{failures[3]}\n")
+    argv = ["--state-dir", str(state), "--no-progress", *SMALL]
+    assert job.main(argv) == 0
+    behind = capsys.readouterr().out
+    assert "incremental start run 11 (contiguous 9, attempted 11) lags the store" in behind
+    assert f"caught up to {BATCHES}" in behind
+    assert run_state(state) == (BATCHES, BATCHES)
+    assert json.loads(path.read_text())["owner"] == "ops"  # other fields are kept
+    assert "failure log: dropped 1 line(s)" in behind
+    assert failure_log(state) == failures
+
+    # Ahead of the store (say, the database was restored from an older copy): set back.
+    path.write_text(json.dumps({"last_contiguous_run": 40, "last_attempted_run": 41}))
+    assert job.main(argv) == 0
+    assert "is AHEAD of the store" in capsys.readouterr().out
+    assert run_state(state) == (BATCHES, BATCHES)
 
 
 # -- verification can fail ----------------------------------------------------------------------
@@ -235,6 +456,42 @@ async def _corrupt(db: Path, how: str) -> str:
         return key
 
 
+def test_verification_detects_wrong_failure_records(
+    tmp_path: Path, job: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    argv = ["--state-dir", str(state), "--no-progress", *SMALL]
+    assert job.main(argv) == 0
+    capsys.readouterr()
+    failures = expected_failures(job)
+    not_failing = next(offset for offset in range(EVENTS) if offset not in failures)
+
+    # One of each kind of damage; the aggregates stay right.
+    lines = sorted([*failures[1:], not_failing])  # one failed event missing, one unexpected
+    (state / "failures.log").write_text("".join(f"{offset}\n" for offset in lines))
+
+    async def damage() -> None:
+        async with create_store(f"sqlite://{state / 'stream.db'}") as store:
+            assert await store.delete(f"stream_job:errors:{failures[2]:012d}")
+            key = f"stream_job:errors:{failures[3]:012d}"
+            await store.put(key, {**await store.get(key), "error": "something else"})
+            record = await store.get("job:offset")
+            await store.put("job:offset", {**record, "failed": record["failed"] + 1})
+
+    asyncio.run(damage())
+    assert job.main(argv) == 1
+    out = capsys.readouterr().out
+    for expected in (
+        "failure log failures.log: 1 failed event(s) missing",
+        "failure log failures.log: 1 unexpected event(s)",
+        "error records: 1 failed event(s) missing",
+        "error records: 1 with a wrong id or text",
+        f"offset record: counts {len(failures) + 1} failed events",
+    ):
+        assert f"wrong: {expected}" in out
+    assert "MISMATCH: the aggregates are right, but 5 check(s) of the failure records fail" in out
+
+
 @pytest.mark.parametrize("how", ["wrong value", "missing", "unexpected"])
 def test_verification_detects_a_corrupted_store(
     tmp_path: Path, job: ModuleType, capsys: pytest.CaptureFixture[str], how: str
@@ -254,21 +511,40 @@ def test_verification_detects_a_corrupted_store(
 # -- building blocks -----------------------------------------------------------------------------
 
 
-def test_fold_batch_agrees_with_event_at(job: ModuleType) -> None:
-    params = job.JobParams(events=12_000, keys=37, seed=99, window_seconds=4)
+@pytest.mark.parametrize("rate", [0, 300])
+def test_fold_batch_agrees_with_event_at(job: ModuleType, rate: int) -> None:
+    params = job.JobParams(events=12_000, keys=37, seed=99, window_seconds=4, failure_rate=rate)
     expected: dict[str, list[int]] = {}
+    failed: list[int] = []
     for offset in range(3_500, 9_100):  # straddles the windows starting at 4,000 and 8,000
-        event = job.event_at(params.seed, offset, params.keys)
+        event = job.event_at(params.seed, offset, params.keys, rate)
         assert event.time_ms == job.EPOCH_MS + offset
+        if event.fails:
+            failed.append(offset)
+            continue
         key = job.agg_key((event.time_ms - job.EPOCH_MS) // params.window_ms, event.key)
         agg = expected.setdefault(key, [0, 0, event.amount, event.amount])
         agg[0] += 1
         agg[1] += event.amount
         agg[2] = min(agg[2], event.amount)
         agg[3] = max(agg[3], event.amount)
-    deltas = job.fold_batch(params, 3_500, 9_100)
+    deltas, batch_failed = job.fold_batch(params, 3_500, 9_100)
     assert {key: list(delta) for key, delta in deltas.items()} == expected
     assert {key[:10] for key in deltas} == {"agg:000000", "agg:000001", "agg:000002"}
+    assert batch_failed == failed
+    assert (len(failed) > 100) == (rate > 0)  # 3 % of 5,600 events
+
+
+def test_failure_rule(job: ModuleType) -> None:
+    assert job.failure_threshold(0) == 0
+    assert job.failure_threshold(10_000) == 65_536  # every event fails
+    assert job.failure_threshold(5) == 33  # 33 / 65,536 = 5.04 per 10,000
+    fails = [job.event_at(3, offset, 10, 5).fails for offset in range(200_000)]
+    assert 60 < sum(fails) < 140  # ~100 expected
+    assert not any(job.event_at(3, offset, 10, 0).fails for offset in range(10_000))
+    assert all(job.event_at(3, offset, 10, 10_000).fails for offset in range(1_000))
+    # Whether an event fails does not change what it is.
+    assert job.event_at(3, 77, 10, 10_000)[:4] == job.event_at(3, 77, 10, 0)[:4]
 
 
 def test_events_are_deterministic_and_random_access(job: ModuleType) -> None:
@@ -285,6 +561,7 @@ def test_events_are_deterministic_and_random_access(job: ModuleType) -> None:
 
 def test_merge_and_key_order(job: ModuleType) -> None:
     assert job.CRASH_EXIT_CODE == CRASH_CODE
+    assert job.EXIT_LOCKED == LOCKED_CODE
     first = job.merge(None, (2, 10, 3, 7))
     assert first == {"count": 2, "sum": 10, "min": 3, "max": 7}
     assert job.merge(first, (1, -4, -4, -4)) == {"count": 3, "sum": 6, "min": -4, "max": 7}

@@ -114,6 +114,7 @@ class FileLock:
                         f"cannot write the PID to lock file {str(self.lock_file)!r}: {exc}; check the "
                         "file system (free space, permissions)",
                         path=str(self.lock_file),
+                        held=False,
                     ) from exc
                 raise
             self._fd = fd
@@ -205,6 +206,7 @@ class FileLock:
                 f"cannot open lock file {str(self.lock_file)!r}: {exc}; check that its directory exists "
                 "and is writable",
                 path=str(self.lock_file),
+                held=False,
             ) from exc
 
     def _register(self, fd: int) -> tuple[int, int]:
@@ -230,10 +232,12 @@ class FileLock:
                     f"lock file {str(self.lock_file)!r} is held by {who}; another instance is running. "
                     "Wait for it to finish or stop it (the lock is freed as soon as that process exits)",
                     path=str(self.lock_file),
+                    holder_pid=holder,
                 ) from exc
             raise LockExistsError(
                 f"cannot lock {str(self.lock_file)!r}: {exc}; the file system may not support flock",
                 path=str(self.lock_file),
+                held=False,
             ) from exc
 
     def _forget_after_fork(self) -> None:
