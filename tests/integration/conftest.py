@@ -1,4 +1,8 @@
-"""Session-scoped Redis servers (started once, flushed between tests)."""
+"""Redis fixtures for the integration tests: TLS and AUTH servers, Redis backends on the suite's servers.
+
+The standalone server and the cluster (``redis_server``/``redis_url``, ``redis_cluster``/``cluster_url``)
+are session-scoped fixtures of tests/conftest.py, shared with the backend-parametrized tests.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.integration.redis_servers import (
-    RedisCluster,
-    RedisServer,
-    require_redis,
-    start_cluster,
-    start_standalone,
-    start_tls,
-)
+from tests.integration.redis_servers import RedisServer, require_redis, start_standalone, start_tls
 
 pytest.importorskip("redis", reason="the Redis tests need redis-py: pip install statekit[redis]")
 
@@ -23,22 +20,6 @@ from statekit.backends.redis import RedisStateBackend
 AUTH_PASSWORD = "s3cret-Pa55-never-shown"
 ACL_USER = "pipeline"
 ACL_PASSWORD = "acl-Pa55-never-shown"
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    require_redis()
-    server = start_standalone()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[RedisCluster]:
-    require_redis()
-    cluster = start_cluster()
-    yield cluster
-    cluster.stop()
 
 
 @pytest.fixture(scope="session")
@@ -61,22 +42,6 @@ def redis_auth() -> Iterator[RedisServer]:
     )  # fmt: skip
     yield server
     server.stop()
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    """The standalone server's URL, emptied first."""
-    if redis_server.proc is None or redis_server.proc.poll() is not None:
-        redis_server.start()  # a fault test may have killed it
-    redis_server.resume()
-    redis_server.cli("FLUSHALL")
-    return redis_server.url
-
-
-@pytest.fixture
-def cluster_url(redis_cluster: RedisCluster) -> str:
-    redis_cluster.flushall()
-    return redis_cluster.url
 
 
 @pytest.fixture

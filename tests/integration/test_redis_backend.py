@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 import redis
@@ -129,6 +130,33 @@ async def test_concurrent_incr_is_atomic(backend: RedisStateBackend) -> None:
     assert await backend.incr_by("c", 0) == 200
 
 
+@pytest.mark.redis
+@pytest.mark.parametrize("mode", ["standalone", "cluster"])
+async def test_more_tasks_than_connections_wait_for_one(mode: str, request: pytest.FixtureRequest) -> None:
+    """50 tasks on 2 connections: every operation waits for a free connection, none fails or retries."""
+    url = request.getfixturevalue("redis_url" if mode == "standalone" else "cluster_url")
+    b = RedisStateBackend(
+        RedisConfig.from_url(url, key_prefix="t:", max_connections=2, max_retries=0, pipeline_batch_size=5)
+    )
+
+    async def task(i: int) -> None:
+        for j in range(4):
+            await b.incr_by("n")
+            await b.put(f"k:{i:02d}:{j}", b"v", ttl=100 if j % 2 else None)
+            assert await b.get(f"k:{i:02d}:{j}") == b"v"
+            await b.batch_put([(f"b:{i:02d}:{j}", b"w")])
+            assert len(await b.range(f"k:{i:02d}:")) == j + 1
+
+    try:
+        await asyncio.gather(*(task(i) for i in range(50)))
+        assert await b.incr_by("n", 0) == 200
+        assert len(await b.list_keys()) == 1 + 400
+        stats = await b.refresh_stats()
+        assert (stats.retry_count, stats.error_count) == (0, 0)
+    finally:
+        await b.close()
+
+
 async def test_wrongtype_is_not_retried(backend: RedisStateBackend, redis_server: RedisServer) -> None:
     redis_server.cli("LPUSH", "t:list", "x")
     with pytest.raises(StorageError, match="WRONGTYPE") as info:
@@ -195,11 +223,15 @@ async def test_create_store_from_url_and_options(redis_url: str, redis_server: R
         await store.close()
 
 
-def test_pickle_over_redis_needs_a_signing_key(redis_url: str) -> None:
+def test_pickle_over_redis_needs_a_signing_key(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(ConfigError, match="signing_key"):
         create_store(redis_url, serializer="pickle")
-    create_store(redis_url, serializer="pickle", signing_key=b"k" * 32)
-    create_store(redis_url, serializer="pickle", allow_unsigned_pickle=True)
+    with caplog.at_level(logging.WARNING, logger="statekit"):
+        create_store(redis_url, serializer="pickle", signing_key=b"k" * 32)
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="statekit"):
+        create_store(redis_url, serializer="pickle", allow_unsigned_pickle=True)
+    assert any("unsigned pickle" in r.getMessage() for r in caplog.records)  # accepted, still warned
 
 
 def test_config_builder_toml_and_repr(tmp_path: object) -> None:

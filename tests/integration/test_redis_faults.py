@@ -108,6 +108,23 @@ async def test_unreachable_server() -> None:
         await b.close()
 
 
+async def test_unreachable_cluster() -> None:
+    b = RedisStateBackend(
+        RedisConfig.from_url(f"redis+cluster://127.0.0.1:{free_port()}", max_retries=1, retry_base_delay=0.01)
+    )
+    try:
+        with pytest.raises(StorageError, match=r"put key 'k'.*2 attempt"):
+            await b.put("k", b"v")
+        with pytest.raises(StorageError, match="batch_put"):
+            await b.batch_put([("k", b"v")])
+        with pytest.raises(StorageError, match="get"):
+            await b.get("k")
+        assert not await b.health_check()
+        assert b.stats().error_count == 3
+    finally:
+        await b.close()
+
+
 async def test_server_restarted_mid_batch(redis_url: str, redis_server: RedisServer) -> None:
     config = RedisConfig.from_url(redis_url, max_retries=20, retry_base_delay=0.05, retry_max_delay=0.2,
                                   pipeline_batch_size=100)  # fmt: skip

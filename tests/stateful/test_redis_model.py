@@ -8,7 +8,7 @@ counts come from ``refresh_stats()``, the backend's async path to the server.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +17,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant
 
 from tests.conftest import FakeClock
-from tests.integration.redis_servers import (
-    RedisCluster,
-    RedisServer,
-    require_redis,
-    start_cluster,
-    start_standalone,
-)
+from tests.integration.redis_servers import RedisCluster, RedisServer
 from tests.stateful.test_backend_model import make_backend_machine
 
 redis = pytest.importorskip("redis", reason="the Redis tests need redis-py: pip install statekit[redis]")
@@ -99,41 +93,28 @@ _SETTINGS = settings(
 )
 
 
-@pytest.fixture(scope="module")
-def standalone() -> Iterator[RedisServer]:
-    require_redis()
-    server = start_standalone()
-    yield server
-    server.stop()
+# The servers are the suite's session-scoped ones (tests/conftest.py); each machine run flushes them.
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisCluster]:
-    require_redis()
-    c = start_cluster()
-    yield c
-    c.stop()
-
-
-def test_redis_standalone_model(standalone: RedisServer) -> None:
-    client = redis.Redis(host="127.0.0.1", port=standalone.port)
+def test_redis_standalone_model(redis_url: str, redis_server: RedisServer) -> None:
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port)
     try:
-        machine = redis_machine({"url": standalone.url}, client.flushall)
+        machine = redis_machine({"url": redis_url}, client.flushall)
         machine.TestCase.settings = _SETTINGS
         machine.TestCase("runTest").runTest()
     finally:
         client.close()
 
 
-def test_redis_cluster_model(cluster: RedisCluster) -> None:
-    clients = [redis.Redis(host="127.0.0.1", port=n.port) for n in cluster.nodes]
+def test_redis_cluster_model(cluster_url: str, redis_cluster: RedisCluster) -> None:
+    clients = [redis.Redis(host="127.0.0.1", port=n.port) for n in redis_cluster.nodes]
 
     def flush() -> None:
         for client in clients:
             client.flushall()
 
     try:
-        machine = redis_machine({"url": cluster.url}, flush)
+        machine = redis_machine({"url": cluster_url}, flush)
         machine.TestCase.settings = _SETTINGS
         machine.TestCase("runTest").runTest()
     finally:

@@ -1,4 +1,8 @@
-"""PersistenceManager, RetryManager and StateTracker on every backend, with concurrency checks."""
+"""PersistenceManager, RetryManager and StateTracker on every backend, with concurrency checks.
+
+The ``store`` tests run on memory, SQLite and Redis (tests/conftest.py); the multi-process tests
+share one SQLite file or one Redis server.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import logging
 import multiprocessing
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,9 @@ from statekit.persistence import (
     create_retry_manager,
     create_state_tracker,
 )
-from tests.conftest import FakeClock
+from tests.conftest import PAST_SHORT_TTL, SHORT_TTL, FakeClock
+
+Elapse = Callable[[float], Awaitable[None]]
 
 NS = 1_000_000_000
 
@@ -218,6 +224,7 @@ async def test_foreign_values_under_error_keys_are_skipped_with_a_warning(
     assert "p:errors:weird" in caplog.text
 
 
+@pytest.mark.fake_clock("see test_short_ttls_per_kind_of_data")
 async def test_ttls_per_kind_of_data(store: KeyValueStore, clock: FakeClock) -> None:
     pm = PersistenceManager(store, "p", clock=clock)
     assert (pm.error_ttl, pm.state_ttl, pm.processed_ttl) == (
@@ -236,6 +243,22 @@ async def test_ttls_per_kind_of_data(store: KeyValueStore, clock: FakeClock) -> 
     assert not await pm.is_processed("x")
     assert await pm.load_state() == {}
     assert DEFAULT_PROCESSED_TTL == DEFAULT_STATE_TTL
+
+
+async def test_short_ttls_per_kind_of_data(store: KeyValueStore, elapse: Elapse) -> None:
+    longer = SHORT_TTL + PAST_SHORT_TTL
+    pm = PersistenceManager(store, "p", error_ttl=SHORT_TTL, state_ttl=longer, processed_ttl=longer)
+    await pm.save_error("e", "boom")
+    await pm.save_state({"a": 1})
+    await pm.save_processed_items({"x", "y"})
+    await elapse(PAST_SHORT_TTL)
+    assert await pm.get_failed_items() == []
+    assert await pm.load_processed_items() == {"x", "y"}
+    assert await pm.load_state() != {}
+    await elapse(PAST_SHORT_TTL)
+    assert await pm.load_processed_items() == set()
+    assert await pm.load_state() == {}
+    assert await store.keys() == []
 
 
 async def test_invalid_arguments(store: KeyValueStore) -> None:
@@ -288,13 +311,14 @@ async def test_retry_jitter_stays_within_half_to_full_delay(store: KeyValueStore
     assert len(set(delays)) > 400
 
 
-async def test_retry_prefix_and_ttl(store: KeyValueStore, clock: FakeClock) -> None:
-    rm = RetryManager(store, prefix="api_provider", ttl=60)
+async def test_retry_prefix_and_ttl(store: KeyValueStore, elapse: Elapse) -> None:
+    rm = RetryManager(store, prefix="api_provider", ttl=SHORT_TTL)
     await rm.record_retry("u", "e")
     assert sorted(await store.keys()) == ["api_provider:retry:u", "api_provider:retry_errors:u"]
-    # The TTL counts from the first retry (the store's clock is the fixture clock).
-    clock.advance(61)
+    # The TTL counts from the first retry (on the backend's TTL clock).
+    await elapse(PAST_SHORT_TTL)
     assert await rm.get_retry_count("u") == 0
+    assert await rm.get_last_error("u") is None
 
 
 @pytest.mark.parametrize(
@@ -397,12 +421,23 @@ async def test_bad_durations_are_rejected(store: KeyValueStore, bad: Any) -> Non
     assert await store.keys() == []
 
 
+@pytest.mark.fake_clock("see test_short_stats_ttl")
 async def test_stats_ttl(store: KeyValueStore, clock: FakeClock) -> None:
     tracker = StateTracker(store, clock=clock)
     assert tracker.ttl == DEFAULT_STATS_TTL == timedelta(days=30)
     await tracker.increment_counter("c")
     await tracker.record_processing_time("op", 1)
     clock.advance(DEFAULT_STATS_TTL.total_seconds() + 1)
+    assert await tracker.get_counter("c") == 0
+    assert (await tracker.get_processing_stats("op"))["count"] == 0
+
+
+async def test_short_stats_ttl(store: KeyValueStore, elapse: Elapse) -> None:
+    tracker = StateTracker(store, ttl=SHORT_TTL)
+    await tracker.increment_counter("c")
+    await tracker.record_processing_time("op", 1)
+    assert (await tracker.get_processing_stats("op"))["count"] == 1
+    await elapse(PAST_SHORT_TTL)
     assert await tracker.get_counter("c") == 0
     assert (await tracker.get_processing_stats("op"))["count"] == 0
 
@@ -461,9 +496,11 @@ def _duration_ns(worker: int, workers: int, round_: int) -> int:
     return ((round_ * 3 + worker) % workers + 1) * 1_000_000 + round_
 
 
-def _tracker_worker(path: str, worker: int, workers: int, rounds: int, barrier: Any) -> None:
+def _tracker_worker(
+    spec: str, options: dict[str, Any], worker: int, workers: int, rounds: int, barrier: Any
+) -> None:
     async def run() -> None:
-        store = create_store("sqlite", path=path)
+        store = create_store(spec, **options)
         tracker = await create_state_tracker("shared", store)
         retries = await create_retry_manager(max_retries=10**6, store=store)
         for round_ in range(rounds):
@@ -478,20 +515,21 @@ def _tracker_worker(path: str, worker: int, workers: int, rounds: int, barrier: 
     asyncio.run(run())
 
 
-async def test_four_processes_sharing_one_sqlite_file_lose_nothing(tmp_path: Path) -> None:
-    path = str(tmp_path / "shared.db")
+async def _four_processes_lose_nothing(spec: str, options: dict[str, Any]) -> None:
+    """4 spawned processes hammer one shared store (``create_store(spec, **options)``); exact totals."""
     workers, rounds = 4, 30
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(workers)
     procs = [
-        ctx.Process(target=_tracker_worker, args=(path, w, workers, rounds, barrier)) for w in range(workers)
+        ctx.Process(target=_tracker_worker, args=(spec, options, w, workers, rounds, barrier))
+        for w in range(workers)
     ]
     for p in procs:
         p.start()
     for p in procs:
         await asyncio.to_thread(p.join, 120)
         assert p.exitcode == 0
-    store = create_store("sqlite", path=path)
+    store = create_store(spec, **options)
     tracker = StateTracker(store, "shared")
     assert await tracker.get_counter("events") == workers * rounds
     assert await RetryManager(store).get_retry_count("hot") == workers * rounds
@@ -502,6 +540,14 @@ async def test_four_processes_sharing_one_sqlite_file_lose_nothing(tmp_path: Pat
         assert round(stats["total_time"] * NS) == sum(durations)
         assert (stats["min_time"], stats["max_time"]) == (min(durations) / NS, max(durations) / NS), round_
     await store.close()
+
+
+async def test_four_processes_sharing_one_sqlite_file_lose_nothing(tmp_path: Path) -> None:
+    await _four_processes_lose_nothing("sqlite", {"path": str(tmp_path / "shared.db")})
+
+
+async def test_four_processes_sharing_one_redis_lose_nothing(redis_url: str) -> None:
+    await _four_processes_lose_nothing(f"{redis_url}/0", {})  # redis://127.0.0.1:PORT/0, emptied
 
 
 # -- factories -----------------------------------------------------------------------------

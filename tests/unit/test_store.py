@@ -1,10 +1,15 @@
-"""KeyValueStore behaviour, run against every backend kind (see tests/conftest.py)."""
+"""KeyValueStore behaviour, run against every backend kind (see tests/conftest.py).
+
+Key counts are read with ``await store.get_stats()``: Redis counts keys on the server, so its
+synchronous ``get_stats()`` reports the figures of the last awaited call.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import pickle
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +27,9 @@ from statekit.errors import (
     StateError,
     StorageError,
 )
-from tests.conftest import FakeClock
+from tests.conftest import PAST_SHORT_TTL, SHORT_TTL, FakeClock
+
+Elapse = Callable[[float], Awaitable[None]]
 
 
 async def test_put_get_exists_delete(store: KeyValueStore) -> None:
@@ -83,11 +90,12 @@ async def test_key_prefix_isolates_stores_on_one_backend(backend: StateBackend) 
     assert await a.range_get("") == [("x", 1)]
     assert await b.range_get("") == [("x", 2), ("y", 3)]
     assert await b.range_get("x", "y") == [("x", 2)]
-    assert a.get_stats()["total_keys"] == 1
-    assert b.get_stats()["total_keys"] == 2
+    assert (await a.get_stats())["total_keys"] == 1
+    assert (await b.get_stats())["total_keys"] == 2
     assert sorted(await backend.list_keys("")) == ["a:x", "b:x", "b:y"]
 
 
+@pytest.mark.fake_clock("see test_short_ttls_expire_and_leave_the_counts_right")
 async def test_ttl_expiry_with_controlled_clock(backend: StateBackend, clock: FakeClock) -> None:
     store = KeyValueStore(backend)
     await store.put("short", "v", ttl=10)
@@ -106,14 +114,34 @@ async def test_ttl_expiry_with_controlled_clock(backend: StateBackend, clock: Fa
     assert (stats["total_keys"], stats["expiring_keys"]) == (1, 0)
 
 
-async def test_default_ttl_applies_when_no_ttl_given(backend: StateBackend, clock: FakeClock) -> None:
-    store = KeyValueStore(backend, default_ttl=timedelta(seconds=30))
+async def test_short_ttls_expire_and_leave_the_counts_right(backend: StateBackend, elapse: Elapse) -> None:
+    store = KeyValueStore(backend)
+    await store.put("short", "v", ttl=SHORT_TTL)
+    await store.put_many({"short:batch": "v"}, ttl=SHORT_TTL)
+    await store.incr("short:counter", ttl=SHORT_TTL)
+    await store.put("delta", "v", ttl=timedelta(minutes=1))
+    await store.put("forever", "v")
+    stats = await store.get_stats()
+    assert (stats["total_keys"], stats["expiring_keys"]) == (5, 4)
+    assert await store.exists("short")
+    await elapse(PAST_SHORT_TTL)
+    assert not await store.exists("short")
+    assert await store.get_many(["short", "short:batch", "short:counter"]) == [None, None, None]
+    assert await store.range_get("") == [("delta", "v"), ("forever", "v")]
+    assert await store.keys("short") == []
+    stats = await store.get_stats()
+    assert (stats["total_keys"], stats["expiring_keys"]) == (2, 1)
+    assert await store.incr("short:counter") == 1  # a fresh counter, without the old TTL
+
+
+async def test_default_ttl_applies_when_no_ttl_given(backend: StateBackend, elapse: Elapse) -> None:
+    store = KeyValueStore(backend, default_ttl=timedelta(seconds=SHORT_TTL))
     await store.put("a", 1)
     await store.put("b", 1, ttl=100)
     await store.put_many({"c": 1})
-    clock.advance(31)
+    await elapse(PAST_SHORT_TTL)
     assert await store.get_many(["a", "b", "c"]) == [None, 1, None]
-    assert store.get_stats()["default_ttl"] == 30.0
+    assert store.get_stats()["default_ttl"] == SHORT_TTL
 
 
 @pytest.mark.parametrize("bad", [0, -1, "10", True, float("nan")])
@@ -123,12 +151,12 @@ async def test_invalid_ttl_is_a_config_error(store: KeyValueStore, bad: Any) -> 
     assert not await store.exists("k")
 
 
-async def test_put_over_expired_key_and_set_if_absent(backend: StateBackend, clock: FakeClock) -> None:
+async def test_put_over_expired_key_and_set_if_absent(backend: StateBackend, elapse: Elapse) -> None:
     store = KeyValueStore(backend)
-    assert await store.set_if_absent("lock", "a", ttl=5)
-    assert not await store.set_if_absent("lock", "b", ttl=5)
+    assert await store.set_if_absent("lock", "a", ttl=SHORT_TTL)
+    assert not await store.set_if_absent("lock", "b", ttl=SHORT_TTL)
     assert await store.get("lock") == "a"
-    clock.advance(6)
+    await elapse(PAST_SHORT_TTL)
     assert await store.set_if_absent("lock", "c")
     assert await store.get("lock") == "c"
 
@@ -150,11 +178,11 @@ async def test_batch_operations_align_with_keys(store: KeyValueStore) -> None:
     assert await store.delete_many([]) == 0
 
 
-async def test_delete_of_expired_key_reports_false(backend: StateBackend, clock: FakeClock) -> None:
+async def test_delete_of_expired_key_reports_false(backend: StateBackend, elapse: Elapse) -> None:
     store = KeyValueStore(backend)
-    await store.put("k", 1, ttl=1)
-    await store.put("j", 1, ttl=1)
-    clock.advance(2)
+    await store.put("k", 1, ttl=SHORT_TTL)
+    await store.put("j", 1, ttl=SHORT_TTL)
+    await elapse(PAST_SHORT_TTL)
     assert await store.delete("k") is False
     assert await store.delete_many(["j"]) == 0
     assert await store.pop("j") is None
@@ -236,12 +264,14 @@ async def test_stats_shape_sync_and_awaited(store: KeyValueStore) -> None:
     stats = store.get_stats()
     for field in ("total_keys", "expiring_keys", "serializer", "default_ttl", "key_prefix", "backend"):
         assert field in stats
-    assert stats["total_keys"] == 1
+    if not hasattr(store.backend, "refresh_stats"):  # Redis counts keys on the server, when awaited
+        assert stats["total_keys"] == 1
     assert stats["serializer"] == "json"
     assert stats["hit_count"] >= 1
     assert stats["miss_count"] >= 1
     awaited = await store.get_stats()
     assert awaited["total_keys"] == 1
+    assert store.get_stats()["total_keys"] == 1  # Redis: the figure of the last awaited call
 
 
 # -- serializers ----------------------------------------------------------------------------
@@ -289,6 +319,18 @@ async def test_tampered_signed_pickle_is_never_unpickled(backend: StateBackend) 
     assert TRIPPED == []
 
 
+async def test_unsigned_pickle_warns_on_persistent_backends_only(
+    backend: StateBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="statekit"):
+        KeyValueStore(backend, serializer="pickle", signing_key=b"0123456789abcdef")
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="statekit"):
+        KeyValueStore(backend, serializer="pickle")
+    warned = any("unsigned pickle" in r.getMessage() for r in caplog.records)
+    assert warned == backend.persistent
+
+
 async def test_unsigned_pickle_on_persistent_backend_warns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -318,3 +360,13 @@ def test_short_signing_key_is_rejected() -> None:
         create_store("memory", serializer="pickle", signing_key="short")
     with pytest.raises(ConfigError, match="pickle"):
         create_store("memory", serializer="json", signing_key="a-long-enough-key!")
+
+
+async def test_get_counter_reads_without_creating(store: KeyValueStore) -> None:
+    assert await store.get_counter("hits") is None
+    assert not await store.exists("hits")
+    await store.incr("hits", 3)
+    assert await store.get_counter("hits") == 3
+    await store.put("text", "x")
+    with pytest.raises(StorageError, match="'text'"):
+        await store.get_counter("text")

@@ -38,6 +38,7 @@ import ssl
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextvars import ContextVar
 from typing import Any, Final, TypeVar
 
 import hiredis
@@ -49,6 +50,7 @@ from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
     NoScriptError,
+    RedisClusterException,
     RedisError,
     ResponseError,
 )
@@ -167,7 +169,18 @@ end
 return #dead
 """
 
-_RETRYABLE: Final = (RedisConnectionError, RedisTimeoutError, WireError, OSError, TimeoutError)
+# The connection gate the current task holds, so that nested calls do not take a second slot.
+_HELD_GATE: ContextVar[asyncio.Semaphore | None] = ContextVar("statekit_redis_held_gate", default=None)
+
+# RedisClusterException (not a RedisError): "Redis Cluster cannot be connected" when no node answers.
+_RETRYABLE: Final = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    RedisClusterException,
+    WireError,
+    OSError,
+    TimeoutError,
+)
 _MOVED = re.compile(r"^(MOVED|ASK|TRYAGAIN|CLUSTERDOWN)\b")
 
 
@@ -218,6 +231,10 @@ class RedisStateBackend:
         self._latency_total_us = 0
         self._latency_count = 0
         self._counts: dict[str, tuple[int, int]] = {}
+        # redis-py's pools fail at once ("Too many connections", MaxConnectionsError) when every
+        # connection is busy; operations beyond max_connections wait here for a free one instead.
+        self._gate = asyncio.Semaphore(config.max_connections)
+        self._cluster_started = False
 
     def __repr__(self) -> str:
         return f"RedisStateBackend({self.config!r})"
@@ -291,7 +308,7 @@ class RedisStateBackend:
         started = time.perf_counter()
         while True:
             try:
-                result = await call()
+                result = await self._gated(call)
             except (AuthenticationError, AuthorizationError, AuthError) as exc:
                 self._stats.error_count += 1
                 raise self._error(op, key, f"authentication failed ({_safe(exc, self._password)})") from None
@@ -320,6 +337,23 @@ class RedisStateBackend:
             self._latency_total_us += int((time.perf_counter() - started) * 1e6)
             self._latency_count += 1
             return result
+
+    async def _gated(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call`` holding one of the ``max_connections`` slots (once per task: re-entrant)."""
+        if _HELD_GATE.get() is self._gate:
+            return await call()
+        async with self._gate:
+            if self._cluster and not self._cluster_started:
+                # redis-py's RedisCluster starts lazily, and commands sent concurrently while it does
+                # can run on connections it is recycling ("Connection closed by server"): start it
+                # first (its initialize() is idempotent and locked).
+                await self._redis().initialize()
+                self._cluster_started = True
+            token = _HELD_GATE.set(self._gate)
+            try:
+                return await call()
+            finally:
+                _HELD_GATE.reset(token)
 
     def _error(self, op: str, key: str | None, detail: str) -> StorageError:
         where = f" key {key!r}" if key is not None else ""
@@ -810,10 +844,14 @@ class RedisStateBackend:
             return False
         try:
             client = self._redis()
-            async with asyncio.timeout(self.config.connect_timeout + self.config.read_timeout):
+
+            async def ping() -> None:
                 await client.ping()
                 await self._refresh_info()
-        except (RedisError, OSError, TimeoutError, WireError):
+
+            async with asyncio.timeout(self.config.connect_timeout + self.config.read_timeout):
+                await self._gated(ping)
+        except (RedisError, RedisClusterException, OSError, TimeoutError, WireError):
             return False
         return True
 
