@@ -7,6 +7,7 @@
 //! * [`resp`]: RESP pipelines and Redis Cluster slots (`encode_commands`, `hash_slot`, `hash_slots`)
 //! * [`checksum`]: SHA-256 of buffers and files (`sha256`, `sha256_file`)
 //! * [`runs`]: run watermarks (`last_contiguous_run`, `max_attempted_run`, `run_gaps`)
+//! * [`snapshot`]: checkpoint files (`snapshot_write`, `snapshot_read`, `snapshot_verify`, `snapshot_info`)
 //! * [`errors`]: the `NativeError` type and its mapping to Python exceptions
 
 #![deny(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod errors;
 pub mod framing;
 pub mod resp;
 pub mod runs;
+pub mod snapshot;
 
 use pyo3::prelude::*;
 
@@ -32,5 +34,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(runs::py_last_contiguous_run, m)?)?;
     m.add_function(wrap_pyfunction!(runs::py_max_attempted_run, m)?)?;
     m.add_function(wrap_pyfunction!(runs::py_run_gaps, m)?)?;
+    m.add_class::<snapshot::PySnapshotInfo>()?;
+    m.add_function(wrap_pyfunction!(snapshot::snapshot_write, m)?)?;
+    m.add_function(wrap_pyfunction!(snapshot::snapshot_read, m)?)?;
+    m.add_function(wrap_pyfunction!(snapshot::snapshot_verify, m)?)?;
+    m.add_function(wrap_pyfunction!(snapshot::snapshot_info, m)?)?;
     Ok(())
 }

@@ -1,17 +1,20 @@
 """The Rust core of statekit (``statekit._native``).
 
 Record-batch framing, RESP pipeline encoding and Redis Cluster slots, SHA-256 of buffers and
-files, and run watermarks. Heavy work runs with the GIL released. Corrupt input raises
-:class:`statekit.errors.CorruptData`; bad arguments raise ``TypeError`` / ``ValueError``; file
-errors raise ``OSError`` subclasses (``FileNotFoundError``, ...) carrying the path.
+files, checkpoint snapshot files, and run watermarks. Heavy work runs with the GIL released.
+Corrupt input raises :class:`statekit.errors.CorruptData`; bad arguments raise ``TypeError`` /
+``ValueError``; file errors raise ``OSError`` subclasses (``FileNotFoundError``, ...) carrying
+the path.
 """
 
 import os
 from collections.abc import Iterable
+from typing import Protocol, final, type_check_only
 
 from typing_extensions import Buffer
 
 __all__ = [
+    "SnapshotInfo",
     "__version__",
     "decode_records",
     "encode_commands",
@@ -23,6 +26,10 @@ __all__ = [
     "run_gaps",
     "sha256",
     "sha256_file",
+    "snapshot_info",
+    "snapshot_read",
+    "snapshot_verify",
+    "snapshot_write",
 ]
 
 __version__: str
@@ -98,6 +105,119 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     Raises:
         FileNotFoundError: the file does not exist (``.filename`` is the path).
         OSError: any other error opening or reading the file.
+    """
+
+# --- snapshot ------------------------------------------------------------------------------
+
+@type_check_only
+class _Columns(Protocol):
+    @property
+    def keys(self) -> list[str] | list[bytes]: ...
+    @property
+    def values(self) -> list[bytes]: ...
+    @property
+    def expires_at(self) -> list[float | None] | None: ...
+
+@final
+class SnapshotInfo:
+    """What a snapshot file's header says, plus the file's size. Read-only."""
+
+    @property
+    def version(self) -> int:
+        """Format version (1)."""
+    @property
+    def compression(self) -> str:
+        """``"zstd"`` or ``"none"``."""
+    @property
+    def created_at(self) -> float:
+        """Creation time, unix seconds."""
+    @property
+    def entry_count(self) -> int:
+        """Number of records."""
+    @property
+    def uncompressed_size(self) -> int:
+        """Length of the record batch before compression."""
+    @property
+    def file_size(self) -> int:
+        """Size of the whole file in bytes."""
+    @property
+    def checksum(self) -> str:
+        """Lowercase hex SHA-256 recorded in the header (of the payload, then header bytes 0..48)."""
+
+def snapshot_write(
+    path: str | os.PathLike[str],
+    records: Iterable[tuple[str | bytes, bytes, float | None]] | _Columns,
+    *,
+    compress: bool = True,
+    level: int | None = None,
+    created_at: float | None = None,
+) -> SnapshotInfo:
+    """Write a snapshot file of ``(key, value, expires_at)`` records, atomically and durably.
+
+    Keys are ``str`` (stored as UTF-8) or ``bytes``; ``expires_at`` is absolute unix seconds or
+    ``None``. ``records`` may also be column-wise: an object (not a list or tuple) whose
+    ``keys`` and ``values`` attributes are lists and whose ``expires_at`` is a list or ``None``,
+    such as ``statekit.backends.base.ItemColumns``; it is then read by index, without tuples.
+
+    Layout (little-endian): an 80-byte header -- magic ``b"SKSNAP\r\n"``, format version u16
+    (1), compression u8 (0 none, 1 zstd), 5 reserved zero bytes, created-at f64, entry count u64,
+    uncompressed size u64, payload size u64, SHA-256 of the payload followed by header bytes
+    0..48 -- then the payload: the :func:`encode_records` batch of the records, zstd-compressed
+    when ``compress``. ``level`` is the zstd level (1..22); ``None`` picks level 1, or zstd's
+    fast mode (level -5) when level 1 shrinks a 1 MiB sample by less than a quarter (it is then
+    twice as fast and no bigger).
+
+    The records are read once while attached; the CRC, compression, hashing and the write run
+    with the GIL released (compression on this thread, hashing and writing on a second one).
+    The file is written to ``.{name}.{pid}.{n}.tmp`` in the same directory, fsynced, renamed
+    over ``path``, and the directory is fsynced; on failure the temporary file is removed and
+    ``path`` is untouched.
+
+    Raises:
+        TypeError: a record is not a 3-tuple of ``str | bytes``, ``bytes``, ``float | None``.
+        ValueError: ``level`` out of range, ``created_at`` not finite, or a key or value of 4 GiB or more.
+        OSError: the file cannot be written (``.filename`` is the path).
+    """
+
+def snapshot_read(
+    path: str | os.PathLike[str],
+    *,
+    str_keys: bool = True,
+    require_prefix: str | None = None,
+) -> tuple[SnapshotInfo, list[str], list[bytes], list[float | None] | None]:
+    """Verify a snapshot file completely, then return its records as columns.
+
+    Returns ``(info, keys, values, expires_at)``: keys as ``str`` (or ``bytes`` with
+    ``str_keys=False``), values as ``bytes``, and the expiries, or ``None`` when no record has
+    one. The SHA-256 is computed (on a second thread, while the payload is decompressed) and
+    compared, the batch and every record are validated and counted, all with the GIL released,
+    before any Python object is built.
+
+    Raises:
+        statekit.errors.CorruptData: the file is truncated, altered, of an unknown version, or
+            not a snapshot (the message names the file and the problem).
+        ValueError: a key is not UTF-8 (with ``str_keys``) or does not start with ``require_prefix``.
+        OSError: the file cannot be read.
+    """
+
+def snapshot_verify(path: str | os.PathLike[str], *, deep: bool = True) -> SnapshotInfo:
+    """Check a snapshot file without building any Python object; return its header.
+
+    Always: the header's magic, version, compression and reserved bytes, the file size against
+    the header, and the SHA-256 (streamed). With ``deep`` (the default), also decompress the
+    payload and validate the batch and every record, as :func:`snapshot_read` does.
+
+    Raises:
+        statekit.errors.CorruptData: the file is truncated, altered, or not a snapshot.
+        OSError: the file cannot be read.
+    """
+
+def snapshot_info(path: str | os.PathLike[str]) -> SnapshotInfo:
+    """Read a snapshot file's header, checking its shape and the file size but not the SHA-256.
+
+    Raises:
+        statekit.errors.CorruptData: the header is damaged, or the size does not match.
+        OSError: the file cannot be read.
     """
 
 # --- runs ----------------------------------------------------------------------------------

@@ -175,3 +175,51 @@ def run_gaps(last: int, successful: Iterable[int], bound: int) -> list[int]:
         raise ValueError("run_gaps window too large")
     done = set(successful)
     return [r for r in range(last + 1, bound + 1) if r not in done]
+
+
+# --- snapshot ------------------------------------------------------------------------------
+
+SNAPSHOT_MAGIC = b"SKSNAP\r\n"
+SNAPSHOT_VERSION = 1
+# magic, version, compression, reserved(5), created_at, entry count, uncompressed size,
+# payload size, SHA-256 (of the payload followed by the first 48 header bytes)
+SNAPSHOT_HEADER = struct.Struct("<8sHB5sdQQQ32s")
+assert SNAPSHOT_HEADER.size == 80
+SNAPSHOT_HASHED = 48
+SNAPSHOT_COMPRESSION = {0: "none", 1: "zstd"}
+
+
+def snapshot_header(data: bytes) -> dict[str, object]:
+    """The header fields of a snapshot file, after checking the digest and the sizes."""
+    if len(data) < SNAPSHOT_HEADER.size or not data.startswith(SNAPSHOT_MAGIC):
+        raise CorruptData("not a statekit snapshot, or truncated")
+    _, version, compression, reserved, created_at, count, raw_size, payload_size, digest = (
+        SNAPSHOT_HEADER.unpack_from(data)
+    )
+    if version != SNAPSHOT_VERSION or compression not in SNAPSHOT_COMPRESSION or reserved != bytes(5):
+        raise CorruptData("unknown version, compression or reserved bits")
+    payload = data[SNAPSHOT_HEADER.size :]
+    if len(payload) != payload_size:
+        raise CorruptData("payload size does not match the header")
+    if hashlib.sha256(payload + data[:SNAPSHOT_HASHED]).digest() != digest:
+        raise CorruptData("checksum mismatch")
+    return {
+        "version": version,
+        "compression": SNAPSHOT_COMPRESSION[compression],
+        "created_at": created_at,
+        "entry_count": count,
+        "uncompressed_size": raw_size,
+        "file_size": len(data),
+        "checksum": digest.hex(),
+    }
+
+
+def snapshot_records(data: bytes) -> list[Record]:
+    """The records of an uncompressed snapshot file (the stdlib has no zstd before 3.14)."""
+    header = snapshot_header(data)
+    if header["compression"] != "none":
+        raise ValueError("the reference reads uncompressed snapshots only")
+    records = decode_records(data[SNAPSHOT_HEADER.size :])
+    if len(records) != header["entry_count"]:
+        raise CorruptData("entry count does not match the header")
+    return records

@@ -11,17 +11,36 @@ Range semantics shared by every backend (``range``):
 
 in both cases sorted by key (Unicode code point order, which is also the byte order of the
 UTF-8 encoding) and cut to ``limit`` entries when ``limit`` is given.
+
+Snapshots (``export_items`` / ``replace_prefix``, used by :mod:`statekit.checkpoint`) move
+*items*: ``(key, value, expires_at)`` tuples where ``expires_at`` is an absolute unix time in
+seconds on the backend's clock, or None for a key that never expires. A sequence of items may
+be a plain ``list`` of tuples or an :class:`ItemColumns` (the same items held as three lists,
+which avoids building a million tuples on the hot paths).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, runtime_checkable
+from itertools import repeat
+from typing import Any, Protocol, overload, runtime_checkable
 
 from statekit.errors import StorageError
 
-__all__ = ["BackendStats", "StateBackend", "parse_counter", "prefix_upper_bound"]
+__all__ = [
+    "BackendStats",
+    "Item",
+    "ItemColumns",
+    "StateBackend",
+    "check_item_prefix",
+    "item_columns",
+    "parse_counter",
+    "prefix_upper_bound",
+]
+
+#: One stored entry: ``(key, value, expires_at)``; ``expires_at`` is absolute unix seconds or None.
+Item = tuple[str, bytes, float | None]
 
 
 @dataclass(slots=True)
@@ -51,6 +70,74 @@ class BackendStats:
         data = asdict(self)
         data["hit_rate"] = self.hit_rate()
         return data
+
+
+class ItemColumns(Sequence[Item]):
+    """A read-only sequence of ``(key, value, expires_at)`` items stored as parallel lists.
+
+    ``keys[i]``, ``values[i]`` and ``expires_at[i]`` make item ``i``; ``expires_at`` is None when
+    no item expires (the common case, which then costs nothing). Iterating yields tuples like a
+    list of items would, so any code written for ``Sequence[Item]`` accepts it; code on a hot
+    path (the snapshot reader and writer, the memory backend) reads the columns directly.
+
+    The lists are used as given, not copied: don't change them afterwards.
+    """
+
+    __slots__ = ("expires_at", "keys", "values")
+
+    def __init__(
+        self, keys: list[str], values: list[bytes], expires_at: list[float | None] | None = None
+    ) -> None:
+        if len(values) != len(keys) or (expires_at is not None and len(expires_at) != len(keys)):
+            lengths = f"{len(keys)} keys, {len(values)} values"
+            if expires_at is not None:
+                lengths += f", {len(expires_at)} expiries"
+            raise ValueError(f"ItemColumns needs columns of one length, got {lengths}")
+        self.keys = keys
+        self.values = values
+        self.expires_at = expires_at
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @overload
+    def __getitem__(self, index: int) -> Item: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> ItemColumns: ...
+
+    def __getitem__(self, index: int | slice) -> Item | ItemColumns:
+        if isinstance(index, slice):
+            expires = None if self.expires_at is None else self.expires_at[index]
+            return ItemColumns(self.keys[index], self.values[index], expires)
+        expiry = None if self.expires_at is None else self.expires_at[index]
+        return (self.keys[index], self.values[index], expiry)
+
+    def __iter__(self) -> Iterator[Item]:
+        expires: Iterable[float | None] = repeat(None) if self.expires_at is None else self.expires_at
+        return zip(self.keys, self.values, expires, strict=False)
+
+    def __repr__(self) -> str:
+        return f"ItemColumns(<{len(self.keys)} items>)"
+
+
+def item_columns(items: Sequence[Item]) -> ItemColumns:
+    """``items`` as an :class:`ItemColumns` (itself when it already is one)."""
+    if isinstance(items, ItemColumns):
+        return items
+    keys = [item[0] for item in items]
+    values = [item[1] for item in items]
+    expires = [item[2] for item in items]
+    return ItemColumns(keys, values, None if expires.count(None) == len(expires) else expires)
+
+
+def check_item_prefix(keys: Iterable[str], prefix: str) -> None:
+    """Raise ValueError naming the first key that does not start with ``prefix``."""
+    if not prefix:
+        return
+    for key in keys:
+        if not key.startswith(prefix):
+            raise ValueError(f"item key {key!r} does not start with the prefix {prefix!r} being replaced")
 
 
 @runtime_checkable
@@ -118,6 +205,47 @@ class StateBackend(Protocol):
 
     async def health_check(self) -> bool:
         """True when the backend can serve requests. Never raises."""
+        ...
+
+    async def export_items(self, prefix: str = "") -> Sequence[Item]:
+        """Every live key starting with ``prefix`` as ``(key, value, expires_at)`` items.
+
+        ``expires_at`` is the key's absolute expiry (unix seconds on the backend's clock) or
+        None. Keys that have already expired are left out. The order of the items is
+        unspecified. ``prefix=""`` exports the whole backend.
+
+        The result is fully materialised when the call returns (no lazy reads later): a
+        ``list`` of tuples or an :class:`ItemColumns`. It should be a point-in-time snapshot,
+        i.e. exactly the state at one instant, with no concurrent write half-seen; a backend
+        that cannot promise that says what it does promise in its docstring:
+
+        * memory: point in time (read under the backend's lock without yielding);
+        * SQLite: point in time (one read transaction);
+        * Redis: see that backend's docstring.
+        """
+        ...
+
+    async def replace_prefix(self, prefix: str, items: Sequence[Item]) -> None:
+        """Make ``items`` the whole content under ``prefix``, atomically.
+
+        Deletes every key that starts with ``prefix`` (live or expired), then writes each
+        ``(key, value, expires_at)`` item with that absolute expiry. Items whose ``expires_at``
+        is at or before the backend's current time are skipped (they would be expired at once).
+        Keys outside ``prefix`` are untouched; ``prefix=""`` replaces the whole backend. When a
+        key appears twice, the last item wins.
+
+        ``items`` is a ``list`` of tuples or an :class:`ItemColumns` (use
+        :func:`item_columns` to get columns from either). Every key must start with
+        ``prefix``: otherwise ValueError is raised before anything changes.
+
+        Atomic: a reader sees the old content under ``prefix`` or the new, never a mix, and a
+        failure leaves the old content. Memory does it under its lock, SQLite in one
+        transaction; a backend that cannot promise that says what it does promise.
+
+        Raises:
+            ValueError: a key does not start with ``prefix`` (nothing was changed).
+            StorageError: the backend failed (nothing was changed where the backend is atomic).
+        """
         ...
 
     def stats(self, prefix: str = "") -> BackendStats:

@@ -6,7 +6,8 @@ expired key removes it) and periodic (a timer on the running event loop reaps ex
 from a heap ordered by expiry time, so memory does not grow with keys nobody reads again).
 
 Every operation completes without yielding to the event loop, so operations are atomic with
-respect to other tasks; a lock makes them atomic with respect to other threads as well.
+respect to other tasks; a lock makes them atomic with respect to other threads as well. That
+includes ``export_items`` (a point-in-time snapshot) and ``replace_prefix``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,19 @@ import heapq
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from itertools import compress, repeat
 
 from sortedcontainers import SortedDict
 
-from statekit.backends.base import BackendStats, parse_counter, prefix_upper_bound
+from statekit.backends.base import (
+    BackendStats,
+    Item,
+    ItemColumns,
+    check_item_prefix,
+    item_columns,
+    parse_counter,
+    prefix_upper_bound,
+)
 from statekit.errors import NotInitialized
 
 __all__ = ["MemoryStateBackend"]
@@ -178,6 +188,101 @@ class MemoryStateBackend:
                 new = parse_counter(current, key, self.backend_type) + amount
                 self._data[key] = str(new).encode()  # keeps its existing expiry
         return new
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    async def export_items(self, prefix: str = "") -> ItemColumns:
+        """Every live key under ``prefix`` with its value and expiry, as of one instant.
+
+        Taken under the lock without yielding, so it is a point-in-time snapshot. The items are
+        in insertion order when most keys are exported (walking the dict's own storage in order
+        is several times faster than looking values up in key order), in key order otherwise.
+        """
+        self._check_open()
+        with self._lock:
+            data = self._data
+            upper = prefix_upper_bound(prefix)
+            start = data.bisect_left(prefix)
+            stop = len(data) if upper is None else data.bisect_left(upper)
+            if stop - start == len(data):
+                keys: list[str] = list(dict.keys(data))
+                values: list[bytes] = list(dict.values(data))
+            elif 8 * (stop - start) > len(data):
+                mask = list(map(str.startswith, dict.keys(data), repeat(prefix)))
+                keys = list(compress(dict.keys(data), mask))
+                values = list(compress(dict.values(data), mask))
+            else:
+                keys = data.keys()[start:stop]
+                values = list(map(data.__getitem__, keys))
+            columns = ItemColumns(keys, values)
+            if self._expires:
+                columns = self._live_columns(columns)
+        self._stats.bytes_read += sum(map(len, columns.values))
+        return columns
+
+    async def replace_prefix(self, prefix: str, items: Sequence[Item]) -> None:
+        """Atomically replace everything under ``prefix`` with ``items`` (under the lock)."""
+        self._check_open()
+        columns = item_columns(items)
+        check_item_prefix(columns.keys, prefix)
+        with self._lock:
+            if columns.expires_at is not None:
+                columns = self._live_columns(columns)
+            keys, values, expires = columns.keys, columns.values, columns.expires_at
+            data = self._data
+            upper = prefix_upper_bound(prefix)
+            start = data.bisect_left(prefix)
+            stop = len(data) if upper is None else data.bisect_left(upper)
+            if stop - start == len(data):
+                # Everything goes: build a fresh mapping in one pass instead of deleting keys.
+                fresh = SortedDict()
+                fresh.update(zip(keys, values, strict=True))
+                self._data = fresh
+                self._expires = {}
+                self._expiry_heap = []
+            else:
+                for key in data.keys()[start:stop]:
+                    del data[key]
+                    self._expires.pop(key, None)
+                data.update(zip(keys, values, strict=True))
+                if expires is None and self._expires:
+                    for key in keys:  # overwritten keys lose an old expiry
+                        self._expires.pop(key, None)
+            if expires is not None:
+                for key, expires_at in zip(keys, expires, strict=True):
+                    if expires_at is None:
+                        self._expires.pop(key, None)
+                    else:
+                        self._expires[key] = expires_at
+            self._compact_heap()
+            if self._expires:
+                self._arm_reaper()
+        stats = self._stats
+        stats.batch_count += 1
+        stats.put_count += len(keys)
+        stats.bytes_written += sum(map(len, values))
+
+    def _live_columns(self, columns: ItemColumns) -> ItemColumns:
+        """``columns`` without the items already expired, with each kept key's expiry.
+
+        Export passes columns without expiries (they are looked up here); replace passes the
+        expiries to install.
+        """
+        now = self._clock()
+        if columns.expires_at is None:
+            expires: list[float | None] = list(map(self._expires.get, columns.keys))
+        else:
+            expires = columns.expires_at
+        if expires.count(None) == len(expires):
+            return ItemColumns(columns.keys, columns.values)
+        keep = [at is None or at > now for at in expires]
+        if all(keep):
+            return ItemColumns(columns.keys, columns.values, expires)
+        return ItemColumns(
+            list(compress(columns.keys, keep)),
+            list(compress(columns.values, keep)),
+            list(compress(expires, keep)),
+        )
 
     # -- housekeeping --------------------------------------------------------------------
 

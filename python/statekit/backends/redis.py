@@ -60,7 +60,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from statekit import _native
 from statekit.backends._redis_config import RedisConfig, RedisStats, parse_redis_url
 from statekit.backends._redis_wire import AuthError, WireError, WirePool
-from statekit.backends.base import parse_counter, prefix_upper_bound
+from statekit.backends.base import (
+    Item,
+    ItemColumns,
+    check_item_prefix,
+    item_columns,
+    parse_counter,
+    prefix_upper_bound,
+)
 from statekit.errors import ConfigError, NotInitialized, StorageError
 
 __all__ = ["RedisConfig", "RedisStateBackend", "RedisStats"]
@@ -835,6 +842,133 @@ class RedisStateBackend:
             chunk = keys[i : i + size]
             await self._retry("batch_delete", chunk[0], functools.partial(self._index_remove, chunk))
         return removed
+
+    # -- snapshots (statekit.checkpoint) ------------------------------------------------
+
+    async def _index_names(self, prefix: str) -> list[str]:
+        """Every index member starting with ``prefix`` (live or not), sorted; values not read."""
+        client = self._redis()
+        upper = prefix_upper_bound(prefix)
+        low, high = "[" + prefix, "+" if upper is None else "(" + upper
+        names: list[str] = []
+        while True:
+            page: list[bytes] = await self._retry(
+                "export_items",
+                prefix,
+                functools.partial(client.zrangebylex, self._lex, low, high, start=len(names), num=_PAGE),
+            )
+            names += (m.decode() for m in page)
+            if len(page) < _PAGE:
+                return names
+
+    async def export_items(self, prefix: str = "") -> ItemColumns:
+        """Every live key under ``prefix`` with its absolute expiry (Redis server clock).
+
+        Not a point-in-time snapshot (Redis offers none short of blocking the server): keys are
+        listed from the index, then read in pipelined chunks. On a standalone server each chunk
+        reads values and expiries in one ``MULTI``, so a key's value and expiry always belong
+        together; in a cluster they are read by two commands. A key written during the export
+        may or may not be in it; a key deleted during it is left out. Needs Redis >= 7.0
+        (``PEXPIRETIME``).
+        """
+        names = await self._index_names(prefix)
+        full = [self._prefix + n for n in names]
+        rows: list[tuple[bytes | None, int]] = []
+        if full and not self._cluster:
+            size = self.config.pipeline_batch_size
+            payloads: list[bytes] = []
+            counts: list[int] = []
+            for i in range(0, len(full), size):
+                chunk = full[i : i + size]
+                cmds: list[list[Any]] = [["MULTI"], ["MGET", *chunk], *(["PEXPIRETIME", k] for k in chunk)]
+                cmds.append(["EXEC"])
+                payloads.append(_native.encode_commands(cmds))
+                counts.append(len(cmds))
+            for reply in await self._standalone_pipeline("export_items", names[0], payloads, counts):
+                result = _check_exec(reply)
+                rows.extend(zip(result[0], result[1:], strict=True))
+        elif full:
+            slots = _native.hash_slots(full)
+            commands = [(slot, ["GET", f]) for slot, f in zip(slots, full, strict=True)]
+            commands += [(slot, ["PEXPIRETIME", f]) for slot, f in zip(slots, full, strict=True)]
+            replies = [_check(r) for r in await self._cluster_run("export_items", names[0], commands)]
+            rows = list(zip(replies[: len(full)], replies[len(full) :], strict=True))
+        keys: list[str] = []
+        values: list[bytes] = []
+        expires: list[float | None] = []
+        for name, (value, expires_ms) in zip(names, rows, strict=True):
+            if value is None or expires_ms == -2:  # gone since it was indexed
+                continue
+            keys.append(name)
+            values.append(value)
+            expires.append(None if expires_ms < 0 else expires_ms / 1000)
+        self._stats.bytes_read += sum(map(len, values))
+        return ItemColumns(keys, values, expires if any(e is not None for e in expires) else None)
+
+    async def replace_prefix(self, prefix: str, items: Sequence[Item]) -> None:
+        """Make ``items`` the whole content under ``prefix``.
+
+        Not atomic on Redis: the old keys are deleted first, then the items written in
+        pipelined chunks (each chunk one ``MULTI`` on a standalone server). A failure part-way
+        raises StorageError and leaves a partial state; run the restore again. Items whose
+        absolute expiry has passed (by this machine's clock) are skipped.
+        """
+        columns = item_columns(items)
+        check_item_prefix(columns.keys, prefix)
+        old = await self._index_names(prefix)
+        if old:
+            await self.batch_delete(old)
+        now = time.time()
+        forever: list[tuple[str, bytes]] = []
+        expiring: list[tuple[str, bytes, int]] = []
+        for key, value, expires_at in columns:
+            if expires_at is None:
+                forever.append((key, value))
+            elif expires_at > now:
+                expiring.append((key, value, int(expires_at * 1000)))
+        if forever:
+            await self.batch_put(forever)
+        if expiring:
+            await self._put_expiring_at(expiring)
+
+    async def _put_expiring_at(self, items: list[tuple[str, bytes, int]]) -> None:
+        """Write items with absolute expiries (unix ms), index included."""
+        size = self.config.pipeline_batch_size
+        prefix, lex, exp = self._prefix, self._lex, self._exp
+        if self._cluster:
+            client = self._redis()
+            for i in range(0, len(items), size):  # the index first: it may lead the values, never lag
+                chunk = items[i : i + size]
+                pipe = client.pipeline(transaction=False)
+                pipe.zadd(lex, {name: 0 for name, _, _ in chunk})
+                pipe.zadd(exp, {name: at for name, _, at in chunk})
+                await self._retry("replace_prefix", chunk[0][0], pipe.execute)
+            full = [prefix + name for name, _, _ in items]
+            commands = [
+                (slot, ["SET", f, value, "PXAT", at])
+                for slot, f, (_, value, at) in zip(_native.hash_slots(full), full, items, strict=True)
+            ]
+            for reply in await self._cluster_run("replace_prefix", items[0][0], commands):
+                _check(reply)
+        else:
+            payloads: list[bytes] = []
+            counts: list[int] = []
+            for i in range(0, len(items), size):
+                chunk = items[i : i + size]
+                zlex: list[Any] = ["ZADD", lex]
+                zexp: list[Any] = ["ZADD", exp]
+                for name, _, at in chunk:
+                    zlex += (0, name)
+                    zexp += (at, name)
+                cmds: list[list[Any]] = [["MULTI"], zlex, zexp]
+                cmds += [["SET", prefix + name, value, "PXAT", at] for name, value, at in chunk]
+                cmds.append(["EXEC"])
+                payloads.append(_native.encode_commands(cmds))
+                counts.append(len(cmds))
+            for reply in await self._standalone_pipeline("replace_prefix", items[0][0], payloads, counts):
+                _check_exec(reply)
+        self._stats.put_count += len(items)
+        self._stats.bytes_written += sum(len(v) for _, v, _ in items)
 
     # -- housekeeping --------------------------------------------------------------------
 

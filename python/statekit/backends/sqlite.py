@@ -32,12 +32,19 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, Literal, ParamSpec, TypeVar
 
-from statekit.backends.base import BackendStats, parse_counter, prefix_upper_bound
+from statekit.backends.base import (
+    BackendStats,
+    Item,
+    check_item_prefix,
+    item_columns,
+    parse_counter,
+    prefix_upper_bound,
+)
 from statekit.errors import ConfigError, NotInitialized, StateError, StorageError
 
 __all__ = ["DURABILITY_LEVELS", "SqliteStateBackend"]
@@ -388,6 +395,70 @@ class SqliteStateBackend:
                 new = parse_counter(row[0], key, self.backend_type) + amount
                 conn.execute("UPDATE statekit_kv SET value = ? WHERE key = ?", (str(new).encode(), key))
         return new
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    async def export_items(self, prefix: str = "") -> list[Item]:
+        """Every live key under ``prefix`` with its value and expiry, in key order.
+
+        Read in one read transaction, so it is a point-in-time snapshot even while other
+        connections (or processes) write.
+        """
+        return await self._run(self._export_items, prefix)
+
+    def _export_items(self, prefix: str) -> list[Item]:
+        conn = self._conn
+        upper = prefix_upper_bound(prefix)
+        sql = "SELECT key, value, expires_at FROM statekit_kv WHERE key >= ?"
+        params: list[object] = [prefix]
+        if upper is not None:
+            sql += " AND key < ?"
+            params.append(upper)
+        sql += f" AND {_LIVE} ORDER BY key"
+        params.append(self._clock())
+        conn.execute("BEGIN DEFERRED")
+        try:
+            rows: list[Item] = conn.execute(sql, params).fetchall()
+        finally:
+            conn.execute("COMMIT")
+        self._stats.bytes_read += sum(len(value) for _, value, _ in rows)
+        return rows
+
+    async def replace_prefix(self, prefix: str, items: Sequence[Item]) -> None:
+        """Atomically replace everything under ``prefix`` with ``items``, in one transaction."""
+        columns = item_columns(items)
+        check_item_prefix(columns.keys, prefix)
+        await self._run(self._replace_prefix, prefix, columns)
+
+    def _replace_prefix(self, prefix: str, items: Sequence[Item]) -> None:
+        conn = self._conn
+        now = self._clock()
+        upper = prefix_upper_bound(prefix)
+        written = 0
+        size = 0
+
+        def live_items() -> Iterator[Item]:
+            # Streamed into executemany: items are read as they are written (so a caller can
+            # follow the progress) and no filtered copy of a large restore is built.
+            nonlocal written, size
+            for item in items:
+                if item[2] is None or item[2] > now:
+                    written += 1
+                    size += len(item[1])
+                    yield item
+
+        with _transaction(conn):
+            if upper is None:
+                conn.execute("DELETE FROM statekit_kv WHERE key >= ?", (prefix,))
+            else:
+                conn.execute("DELETE FROM statekit_kv WHERE key >= ? AND key < ?", (prefix, upper))
+            conn.executemany(
+                "INSERT OR REPLACE INTO statekit_kv (key, value, expires_at) VALUES (?, ?, ?)", live_items()
+            )
+        stats = self._stats
+        stats.batch_count += 1
+        stats.put_count += written
+        stats.bytes_written += size
 
     def _maybe_cleanup(self) -> None:
         """Delete expired rows, at most once per cleanup_interval (inside the caller's transaction)."""
