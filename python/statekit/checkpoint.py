@@ -36,7 +36,9 @@ Consistency of a snapshot, per backend (``StateBackend.export_items``):
   Quiesce writers (or checkpoint from the one process that writes) when you need a consistent
   cut.
 
-Restores are atomic on memory (under its lock) and SQLite (one transaction).
+Restores are atomic on memory (under its lock) and SQLite (one transaction); on Redis they are
+not (the old keys are deleted, then the items written in pipelined chunks): a failed Redis
+restore raises and leaves a partial state, so run it again.
 
 Files, in ``options.checkpoint_dir`` (one coordinator per directory):
 
