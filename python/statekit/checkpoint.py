@@ -75,6 +75,7 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 from statekit import _native
+from statekit._utils.durations import to_seconds
 from statekit.backends.base import ItemColumns, StateBackend
 from statekit.errors import CheckpointFailed, ConfigError, CorruptData, RestoreFailed, StateError
 from statekit.store import KeyValueStore
@@ -104,19 +105,6 @@ _PROGRESS_STEP: Final = 10_000
 
 #: ``on_progress(done, total)``: items written so far during a restore, out of ``total``.
 ProgressCallback = Callable[[int, int], None]
-
-
-def _seconds(value: object, name: str, *, allow_zero: bool) -> float:
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise ConfigError(f"{name} must be seconds (int or float) or a timedelta, got {type(value).__name__}")
-    if not (seconds >= 0 if allow_zero else seconds > 0) or seconds == float("inf"):
-        bound = "zero or more" if allow_zero else "positive"
-        raise ConfigError(f"{name} must be a finite number of seconds, {bound}; got {value!r}")
-    return seconds
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -172,7 +160,7 @@ class CheckpointOptions:
         object.__setattr__(self, "checkpoint_dir", Path(checkpoint_dir))
         object.__setattr__(self, "max_checkpoints", max_checkpoints)
         object.__setattr__(self, "compress", compress)
-        object.__setattr__(self, "min_interval", _seconds(min_interval, "min_interval", allow_zero=True))
+        object.__setattr__(self, "min_interval", to_seconds(min_interval, "min_interval", allow_zero=True))
         object.__setattr__(self, "compression_level", compression_level)
 
 
@@ -358,7 +346,7 @@ class CheckpointCoordinator:
             raise ConfigError(f"options must be a CheckpointOptions, got {type(options).__name__}")
         if prefix is not None and not isinstance(prefix, str):
             raise ConfigError(f"prefix must be a str or None, got {type(prefix).__name__}")
-        self._interval = _seconds(interval, "interval", allow_zero=False)
+        self._interval = to_seconds(interval, "interval")
         self._options = options
         self._prefix = default_prefix if prefix is None else prefix
         self._clock = clock

@@ -13,6 +13,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
 
+from statekit._utils.durations import to_seconds
 from statekit.backends.base import BackendStats, StateBackend, parse_counter
 from statekit.errors import ConfigError, InvalidKey
 from statekit.serializers import PickleSerializer, Serializer, make_serializer
@@ -27,17 +28,7 @@ TTL = float | int | timedelta
 
 def ttl_seconds(ttl: TTL | None, *, name: str = "ttl") -> float | None:
     """Normalise a TTL to positive seconds (None stays None)."""
-    if ttl is None:
-        return None
-    if isinstance(ttl, timedelta):
-        seconds = ttl.total_seconds()
-    elif isinstance(ttl, int | float) and not isinstance(ttl, bool):
-        seconds = float(ttl)
-    else:
-        raise ConfigError(f"{name} must be seconds (int or float) or a timedelta, got {type(ttl).__name__}")
-    if not seconds > 0:
-        raise ConfigError(f"{name} must be positive, got {ttl!r}")
-    return seconds
+    return None if ttl is None else to_seconds(ttl, name)
 
 
 class StoreStats(dict[str, Any]):

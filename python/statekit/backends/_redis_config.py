@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any, Final, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from statekit._utils.durations import to_seconds
 from statekit.backends.base import BackendStats
 from statekit.errors import ConfigError
 
@@ -26,19 +27,9 @@ _SCHEMES: Final = ("redis", "rediss", "redis+cluster", "rediss+cluster")
 
 
 def _seconds(value: Duration | None, name: str, *, allow_none: bool = False, allow_zero: bool = False) -> Any:
-    if value is None:
-        if allow_none:
-            return None
-        raise ConfigError(f"{name} must be seconds or a timedelta, got None")
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise ConfigError(f"{name} must be seconds (int or float) or a timedelta, got {type(value).__name__}")
-    if seconds < 0 or (seconds == 0 and not allow_zero):
-        raise ConfigError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {value!r}")
-    return seconds
+    if value is None and allow_none:
+        return None
+    return to_seconds(value, name, allow_zero=allow_zero)
 
 
 def redact_url(url: str) -> str:
