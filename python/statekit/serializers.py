@@ -47,62 +47,60 @@ class Serializer(Protocol):
     def decode(self, data: bytes, *, key: str | None = None) -> Any: ...
 
 
-class JsonSerializer:
-    """JSON through msgspec (the default codec)."""
+class _MsgspecSerializer:
+    """A msgspec encoder/decoder pair; subclasses name the format."""
 
-    name = "json"
+    name: str
+    _format: str
+    _encode_hint = ""
 
-    def __init__(self) -> None:
-        self._encoder = msgspec.json.Encoder()
-        self._decoder = msgspec.json.Decoder()
+    def __init__(self, encoder: Any, decoder: Any) -> None:
+        self._encoder = encoder
+        self._decoder = decoder
 
     def encode(self, value: Any, *, key: str | None = None) -> bytes:
         try:
-            return self._encoder.encode(value)
+            data: bytes = self._encoder.encode(value)
         except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
             raise SerializationFailed(
-                f"cannot encode the value for key {key!r} as JSON ({exc}); store JSON-compatible data "
-                "(dict, list, str, int, float, bool, None) or choose serializer='msgpack' or 'pickle'",
+                f"cannot encode the value for key {key!r} as {self._format} ({exc}){self._encode_hint}",
                 key=key,
             ) from exc
+        return data
 
     def decode(self, data: bytes, *, key: str | None = None) -> Any:
         try:
             return self._decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise DeserializationFailed(
-                f"stored bytes for key {key!r} are not valid JSON ({exc}); was the data written "
-                "with another serializer?",
-                key=key,
-            ) from exc
-
-
-class MsgpackSerializer:
-    """MessagePack through msgspec; ``bytes`` values round-trip."""
-
-    name = "msgpack"
-
-    def __init__(self) -> None:
-        self._encoder = msgspec.msgpack.Encoder()
-        self._decoder = msgspec.msgpack.Decoder()
-
-    def encode(self, value: Any, *, key: str | None = None) -> bytes:
-        try:
-            return self._encoder.encode(value)
-        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
-            raise SerializationFailed(
-                f"cannot encode the value for key {key!r} as MessagePack ({exc})", key=key
-            ) from exc
-
-    def decode(self, data: bytes, *, key: str | None = None) -> Any:
-        try:
-            return self._decoder.decode(data)
-        except msgspec.DecodeError as exc:
-            raise DeserializationFailed(
-                f"stored bytes for key {key!r} are not valid MessagePack ({exc}); was the data "
+                f"stored bytes for key {key!r} are not valid {self._format} ({exc}); was the data "
                 "written with another serializer?",
                 key=key,
             ) from exc
+
+
+class JsonSerializer(_MsgspecSerializer):
+    """JSON through msgspec (the default codec)."""
+
+    name = "json"
+    _format = "JSON"
+    _encode_hint = (
+        "; store JSON-compatible data (dict, list, str, int, float, bool, None) "
+        "or choose serializer='msgpack' or 'pickle'"
+    )
+
+    def __init__(self) -> None:
+        super().__init__(msgspec.json.Encoder(), msgspec.json.Decoder())
+
+
+class MsgpackSerializer(_MsgspecSerializer):
+    """MessagePack through msgspec; ``bytes`` values round-trip."""
+
+    name = "msgpack"
+    _format = "MessagePack"
+
+    def __init__(self) -> None:
+        super().__init__(msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder())
 
 
 class PickleSerializer:
