@@ -9,7 +9,8 @@ keeps, for every (window, key) pair, the count, sum, min and max of the amounts,
     python examples/stream_job.py --crash-after 400000   # dies hard ~400,000 events into the run
     python examples/stream_job.py                        # resumes from the last commit
 
-(``--crash-after N`` counts the events of the current run). Every run ends by recomputing
+(``--crash-after N`` counts the events of the current run; the second run restores the
+latest checkpoint first, see Checkpoints). Every run ends by recomputing
 every aggregate from scratch, comparing them (and the records of the failed events) with the
 store and printing ``MATCH`` (exit code 0) or ``MISMATCH`` (exit code 1).
 
@@ -55,11 +56,12 @@ SQLite file; a ``memory://`` store, which dies with the process, gets none of th
   10,000 by default; 0 disables). A failed event is left out of the aggregates, its offset is
   appended to the failure log (one per line, the :mod:`statekit.runs` format that
   ``parse_run_records_from_file`` reads back) and an error record with its key and the reason
-  is saved with :meth:`~statekit.persistence.PersistenceManager.save_error` (prefix
-  ``stream_job``), where a retry pass would find it with ``get_failed_items``.
+  is saved with :meth:`~statekit.persistence.PersistenceManager.save_error` (prefix ``job``,
+  so under ``job:errors:``), where a retry pass would find it with ``get_failed_items``.
 * a :class:`~statekit.persistence.StateTracker` named ``stream_job`` in the store: counters
   (batches, events processed, events failed) and the time of each batch phase (fold,
   get_many, put_many), printed at the end.
+* ``checkpoints/``, the :mod:`statekit.checkpoint` files (see Checkpoints).
 
 Only the store's offset record decides what is committed. The other records are written
 outside the batch transaction, so each is made consistent in its own way: the run-state file
@@ -67,6 +69,35 @@ is checked against the offset record on every start (and caught up, or set back,
 disagree); failure records are written *before* the commit, so a crash can only leave extra
 ones, and those are trimmed on resume; the tracker's counters are at-least-once ("work done,
 including batches redone after a crash") and the summary says so next to the exact figures.
+
+Checkpoints
+-----------
+While it runs, a :class:`~statekit.checkpoint.CheckpointCoordinator` writes a checkpoint of the
+committed state every ``--checkpoint-interval`` seconds (2 by default) into
+``<state-dir>/checkpoints`` (the newest 5 are kept), and a final one when the run ends.
+When a run starts on an unfinished stream (a crash, a lost lock, or a store that was lost and
+starts empty) and checkpoints exist, the job first restores the newest one that verifies (a
+corrupt one is kept aside as ``*.corrupt`` and the next older one is tried), then resumes from
+the offset in the restored store, which is usually earlier than the one it had: the batches
+since that checkpoint are redone.
+
+A checkpoint holds exactly the keys under ``job:``: the aggregates (``job:agg:...``), the
+offset record (``job:offset``) and the error records (``job:errors:...``). An SQLite snapshot
+is one read transaction (it also sees what the second connection of the error records
+committed) and every batch commits its aggregates and its offset in one transaction, so a
+checkpoint is always the state after some whole batch, with the error records of at least those
+batches (they are written before the commit); a restore (one transaction too) puts back
+aggregates and an offset that agree, and a store restored after its file was lost still has
+its error records. The tracker (``stream_job:...``) is deliberately outside that prefix: it
+counts work done, which a restore does not undo, so the batches redone after a restore show up
+as redone work. The files are reconciled as after any crash: the run-state file is set back to
+the restored run, and failure-log lines at or past the restored offset are dropped (they are
+written again when their batches are redone).
+
+``--no-checkpoints`` turns checkpoints off. A ``memory://`` store takes none unless
+``--checkpoint-interval`` is given; they are then its only way to survive a restart, so they
+hold the whole store, tracker included. A Redis store takes none, since a Redis snapshot taken
+while the job commits is not point in time.
 """
 
 from __future__ import annotations
@@ -87,7 +118,22 @@ from urllib.parse import quote
 from tqdm import tqdm
 
 from statekit import KeyValueStore, create_store
-from statekit.errors import ConfigError, CorruptData, LockExistsError, LockLost, StateError
+from statekit.checkpoint import (
+    CHECKPOINT_SUFFIX,
+    CheckpointCoordinator,
+    CheckpointOptions,
+    CheckpointStats,
+    scan_checkpoints,
+)
+from statekit.errors import (
+    CheckpointFailed,
+    ConfigError,
+    CorruptData,
+    LockExistsError,
+    LockLost,
+    RestoreFailed,
+    StateError,
+)
 from statekit.locks import FileLock
 from statekit.persistence import (
     PersistenceManager,
@@ -120,20 +166,30 @@ EXIT_LOCKED: Final = 75  # EX_TEMPFAIL of sysexits.h: "try again later"
 #: so the stream is in event-time order and 1,000,000 events span 1,000 s of event time.
 EPOCH_MS: Final = 1_704_067_200_000
 
-#: Store keys. Aggregates sort by window, then key, so ``range_get("agg:")`` lists them in order
-#: and ``range_get("agg:000003:")`` lists one window.
-AGG_PREFIX: Final = "agg:"
+#: Store keys. The committed state (aggregates and offset record) lives under one prefix, which is
+#: what the checkpoints hold. Aggregates sort by window, then key, so ``range_get("job:agg:")``
+#: lists them in order and ``range_get("job:agg:000003:")`` lists one window.
+STATE_PREFIX: Final = "job:"
+AGG_PREFIX: Final = "job:agg:"
 OFFSET_KEY: Final = "job:offset"
+#: Where earlier versions of this example kept the aggregates (refused on resume, deleted by --reset).
+OLD_AGG_PREFIX: Final = "agg:"
 MAX_KEYS: Final = 100_000  # key ids are written with 5 digits
 MAX_WINDOWS: Final = 1_000_000  # window numbers are written with 6 digits
-#: Namespace of the StateTracker and of the PersistenceManager's error records:
-#: ``stream_job:counter:batches``, ``stream_job:errors:000000001234``, ...
+#: Namespace of the StateTracker (``stream_job:counter:batches``, ...), outside the checkpoints.
 JOB_NAME: Final = "stream_job"
+#: Namespace of the PersistenceManager's error records (``job:errors:000000001234``): under
+#: STATE_PREFIX, so in the checkpoints with the aggregates.
+ERRORS_NAME: Final = "job"
 
 #: Files in --state-dir besides the SQLite file.
 LOCK_FILE: Final = "stream_job.lock"
 RUN_STATE_FILE: Final = "run_state.json"
 FAILURE_LOG_FILE: Final = "failures.log"
+CHECKPOINT_DIR: Final = "checkpoints"
+#: Seconds between checkpoints by default, and how many are kept.
+DEFAULT_CHECKPOINT_INTERVAL: Final = 2.0
+MAX_CHECKPOINTS: Final = 5
 
 #: Failing events per 10,000 by default (0.05 %).
 DEFAULT_FAILURE_RATE: Final = 5
@@ -155,7 +211,7 @@ Delta = tuple[int, int, int, int]
 
 
 def agg_key(window: int, key: int) -> str:
-    """The store key of the aggregate of ``key`` in ``window``: ``agg:000003:00042``."""
+    """The store key of the aggregate of ``key`` in ``window``: ``job:agg:000003:00042``."""
     return f"{AGG_PREFIX}{window:06d}:{key:05d}"
 
 
@@ -310,6 +366,11 @@ async def load_offset(store: KeyValueStore, params: JobParams) -> Committed:
     Raises ResumeRefused when the stored state belongs to a job with other parameters (its
     aggregates would be meaningless mixed with ours) or has aggregates but no offset.
     """
+    if await store.range_get(OLD_AGG_PREFIX, limit=1):
+        raise ResumeRefused(
+            f"the store holds aggregates under {OLD_AGG_PREFIX!r}, the layout of an earlier version of this "
+            f"example (now {AGG_PREFIX!r}); pass --reset to start over"
+        )
     record: Any = await store.get(OFFSET_KEY)
     if record is None:
         if await store.range_get(AGG_PREFIX, limit=1):
@@ -352,9 +413,14 @@ async def load_offset(store: KeyValueStore, params: JobParams) -> Committed:
 async def reset(store: KeyValueStore) -> int:
     """Delete the job's keys (and only those) in one call: one transaction on SQLite.
 
-    That is the aggregates, the offset record, and the tracker's and error records' keys.
+    That is the aggregates, the offset record, and the tracker's and error records' keys (and the
+    aggregates of an earlier version of the example).
     """
-    keys = [*await store.keys(AGG_PREFIX), *await store.keys(f"{JOB_NAME}:"), OFFSET_KEY]
+    keys = [
+        *await store.keys(STATE_PREFIX),
+        *await store.keys(OLD_AGG_PREFIX),
+        *await store.keys(f"{JOB_NAME}:"),
+    ]
     return await store.delete_many(keys)
 
 
@@ -453,7 +519,7 @@ def reconcile_failure_log(failure_log: Path, committed: Committed) -> str | None
         write_failure_log(failure_log, keep)
         notes.append(
             f"failure log: dropped {len(logged) - len(keep):,} line(s) of the uncommitted batch "
-            "(it is redone) or duplicates"
+            "or of batches a checkpoint restore undid (they are redone), or duplicates"
         )
     if len(keep) != committed.failed:
         notes.append(
@@ -461,6 +527,95 @@ def reconcile_failure_log(failure_log: Path, committed: Committed) -> str | None
             f"{committed.offset:,}, but the offset record counts {committed.failed:,}; was it edited?"
         )
     return "\n".join(notes) or None
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+def checkpoint_ids(directory: Path) -> list[str]:
+    """The ids of the checkpoint files in ``directory``, oldest first (damaged ones included)."""
+    readable, unreadable = scan_checkpoints(directory)
+    damaged = [path.name.removesuffix(CHECKPOINT_SUFFIX) for path, _ in unreadable]
+    return sorted([info.id for info in readable] + damaged)
+
+
+def remove_checkpoints(directory: Path) -> int:
+    """Delete the checkpoint files of ``directory`` (for --reset); files kept aside stay."""
+    ids = checkpoint_ids(directory)
+    for checkpoint_id in ids:
+        (directory / (checkpoint_id + CHECKPOINT_SUFFIX)).unlink(missing_ok=True)
+    return len(ids)
+
+
+async def restore_checkpoint(coordinator: CheckpointCoordinator, committed: Committed) -> str | None:
+    """Restore the newest checkpoint that verifies; say which, and which newer ones were corrupt.
+
+    Returns the restored id, or None when there is no checkpoint or none could be restored: the
+    store is then left as it is, which is consistent on its own (a restore is one transaction).
+    """
+    directory = coordinator.checkpoint_dir
+    before = checkpoint_ids(directory)
+    if not before:
+        return None
+    at = f"at offset {committed.offset:,}" if committed.offset else "empty"
+    print(
+        f"checkpoints: {len(before)} in {directory}; the stream is unfinished (the store is {at}), so "
+        "the newest valid checkpoint is restored before resuming",
+        flush=True,
+    )
+    restored: str | None = None
+    try:
+        restored = await coordinator.restore_latest()
+    except RestoreFailed as exc:
+        print(f"warning: {exc}; resuming from the store as it is", file=sys.stderr, flush=True)
+    for checkpoint_id in before:
+        if restored is not None and checkpoint_id <= restored:
+            continue
+        if not (directory / (checkpoint_id + CHECKPOINT_SUFFIX)).exists():
+            aside = sorted(path.name for path in directory.glob(f"{checkpoint_id}{CHECKPOINT_SUFFIX}.*"))
+            print(
+                f"checkpoint {checkpoint_id} failed verification: kept aside as "
+                f"{aside[-1] if aside else '(could not be renamed)'}",
+                flush=True,
+            )
+    return restored
+
+
+def checkpoint_summary(coordinator: CheckpointCoordinator | None, off: str) -> str:
+    """One line of the coordinator's stats (``off``: why there are no checkpoints)."""
+    if coordinator is None:
+        return f"checkpoints: off ({off})"
+    stats: CheckpointStats = coordinator.stats()
+    if stats.last_checkpoint_time is None or stats.last_checkpoint_duration_ms is None:
+        last = "none written"
+    else:
+        last = (
+            f"the last at {stats.last_checkpoint_time:%H:%M:%S.%f}"[:-3]
+            + f" UTC took {stats.last_checkpoint_duration_ms:.1f} ms"
+        )
+    return (
+        f"checkpoints in {coordinator.checkpoint_dir} (every {coordinator.interval:g} s, newest "
+        f"{coordinator.options.max_checkpoints} kept): created {stats.checkpoints_created}, failures "
+        f"{stats.checkpoint_failures}, restores {stats.restores}, restore failures {stats.restore_failures}; "
+        f"{last}; {stats.total_bytes_checkpointed / 1e6:,.1f} MB written in all"
+    )
+
+
+@asynccontextmanager
+async def checkpointing(coordinator: CheckpointCoordinator | None) -> AsyncIterator[None]:
+    """Periodic checkpoints while the body runs, then a final one (also when it raises, as
+    ``async with coordinator`` does; a crash, ``os._exit``, takes none)."""
+    if coordinator is None:
+        yield
+        return
+    await coordinator.start()
+    try:
+        yield
+    finally:
+        try:
+            await coordinator.shutdown()  # stops the periodic task, then the final checkpoint
+        except CheckpointFailed as exc:  # counted in the stats; the committed state is unharmed
+            print(f"warning: the final checkpoint failed: {exc}", file=sys.stderr, flush=True)
 
 
 def error_id(offset: int) -> str:
@@ -624,6 +779,9 @@ async def process(
             # 6. Then the human-facing watermarks and the commit's timing.
             await book.after_commit(batch.run, put=time.perf_counter() - t3)
             bar.update(stop - offset)
+            # 7. Let the other tasks run (the periodic checkpoints): a store that answers without
+            # suspending, like memory://, would otherwise never hand the event loop over.
+            await asyncio.sleep(0)
     return committed
 
 
@@ -857,9 +1015,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="SECONDS",
         help="how often the lock monitor checks the lock file (default 5)",
     )
-    parser.add_argument("--reset", action="store_true", help="delete the job's state first")
+    parser.add_argument(
+        "--checkpoint-interval",
+        type=_seconds,
+        metavar="SECONDS",
+        help=f"seconds between checkpoints into <state-dir>/{CHECKPOINT_DIR} (default "
+        f"{DEFAULT_CHECKPOINT_INTERVAL:g}; a memory:// store takes checkpoints only when this is given)",
+    )
+    parser.add_argument("--no-checkpoints", action="store_true", help="take no checkpoints and restore none")
+    parser.add_argument(
+        "--reset", action="store_true", help="delete the job's state (and its checkpoints) first"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if args.no_checkpoints and args.checkpoint_interval is not None:
+        parser.error("--checkpoint-interval and --no-checkpoints exclude each other")
     if args.keys > MAX_KEYS:
         parser.error(f"--keys must be at most {MAX_KEYS}")
     if -(-args.events // (args.window_seconds * 1000)) > MAX_WINDOWS:
@@ -884,11 +1054,14 @@ async def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     async with create_store(url) as store, side_store(store, url) as side:
+        coordinator, off = checkpoint_coordinator(store, args)
         if not store.backend.persistent:
-            if args.crash_after is not None:
+            if args.crash_after is not None and coordinator is None:
                 print("note: this store does not outlive the process, so the simulated crash loses all")
             print("note: no lock, run-state file or failure log for a store that dies with the process")
-            return await run_locked(store, side, params, args, files=None, watch=None)
+            return await run_locked(
+                store, side, params, args, files=None, watch=None, checkpoints=(coordinator, off)
+            )
         files = JobFiles.in_dir(args.state_dir)
         # The lock is taken before anything is read or changed, and held until the verification
         # is done; LockExistsError (another instance) propagates to main().
@@ -900,7 +1073,30 @@ async def run(args: argparse.Namespace) -> int:
                 f"failure log {files.failure_log.name}",
                 flush=True,
             )
-            return await run_locked(store, side, params, args, files=files, watch=watch)
+            return await run_locked(
+                store, side, params, args, files=files, watch=watch, checkpoints=(coordinator, off)
+            )
+
+
+def checkpoint_coordinator(
+    store: KeyValueStore, args: argparse.Namespace
+) -> tuple[CheckpointCoordinator | None, str]:
+    """The coordinator of the job's checkpoints, or None and why there are none."""
+    if args.no_checkpoints:
+        return None, "--no-checkpoints"
+    backend_type = store.backend.backend_type
+    if backend_type == "redis":
+        return None, "a Redis snapshot taken while the job commits is not point in time"
+    if not store.backend.persistent and args.checkpoint_interval is None:
+        return None, f"a {backend_type} store takes checkpoints only with --checkpoint-interval"
+    interval = args.checkpoint_interval or DEFAULT_CHECKPOINT_INTERVAL
+    options = CheckpointOptions(
+        args.state_dir.resolve() / CHECKPOINT_DIR, max_checkpoints=MAX_CHECKPOINTS, min_interval=0
+    )
+    # The committed state (see Checkpoints); all of a memory store, whose tracker dies with it too.
+    # prefix= counts from the backend's key space, so a store URL's own key_prefix is honoured.
+    scope = STATE_PREFIX if store.backend.persistent else ""
+    return CheckpointCoordinator(store, interval, options, prefix=store.key_prefix + scope), ""
 
 
 @asynccontextmanager
@@ -922,8 +1118,10 @@ async def run_locked(
     *,
     files: JobFiles | None,
     watch: LockWatch | None,
+    checkpoints: tuple[CheckpointCoordinator | None, str],
 ) -> int:
     began = time.perf_counter()
+    coordinator, checkpoints_off = checkpoints
     if args.reset:
         deleted = await reset(store)
         removed = []
@@ -931,10 +1129,24 @@ async def run_locked(
             if path.exists():
                 path.unlink()
                 removed.append(path.name)
+        if coordinator is not None and (count := remove_checkpoints(coordinator.checkpoint_dir)):
+            removed.append(f"{count} checkpoint(s)")
         also = f" and removed {', '.join(removed)}" if removed else ""
         print(f"--reset: deleted {deleted:,} keys of a previous run{also}", flush=True)
     try:
         committed = await load_offset(store, params)
+        # An unfinished stream (a crash, a lost lock, or an empty store that lost its file):
+        # back to the newest checkpoint, then on from the offset it holds.
+        if coordinator is not None and committed.offset < params.events:
+            restored = await restore_checkpoint(coordinator, committed)
+            if restored is not None:
+                before, committed = committed, await load_offset(store, params)
+                print(
+                    f"restored checkpoint {restored}: the store is now at offset {committed.offset:,}, run "
+                    f"{committed.run:,} (it was at offset {before.offset:,}, run {before.run:,}); "
+                    f"{max(0, before.run - committed.run):,} committed batch(es) will be redone",
+                    flush=True,
+                )
     except ResumeRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
@@ -957,22 +1169,23 @@ async def run_locked(
     # Counters and error records live as long as the aggregates (by default the tracker's would
     # expire after 30 days and the error records after 24 hours): None is the store's default TTL, none here.
     tracker = await create_state_tracker(JOB_NAME, side, ttl=None)
-    errors = await create_persistence_manager(JOB_NAME, side, error_ttl=None)
+    errors = await create_persistence_manager(ERRORS_NAME, side, error_ttl=None)
     book = Bookkeeping(params, tracker, errors, files, watch)
     processing_began = time.perf_counter()
-    try:
-        final = await process(
-            store,
-            params,
-            committed,
-            book,
-            batch_size=args.batch_size,
-            crash_after=args.crash_after,
-            progress=not args.no_progress and sys.stderr.isatty(),
-        )
-    finally:
-        await book.settle()  # the last run-state update lands before the lock is let go, however we stop
-    processing = time.perf_counter() - processing_began
+    async with checkpointing(coordinator):
+        try:
+            final = await process(
+                store,
+                params,
+                committed,
+                book,
+                batch_size=args.batch_size,
+                crash_after=args.crash_after,
+                progress=not args.no_progress and sys.stderr.isatty(),
+            )
+        finally:
+            await book.settle()  # the last run-state update lands before the lock is let go, however we stop
+        processing = time.perf_counter() - processing_began
     processed = final.offset - committed.offset
     rate = processed / processing if processing > 0 else 0.0
     print(f"processed {processed:,} events in {processing:.2f} s ({rate:,.0f} events/s)", flush=True)
@@ -1000,6 +1213,7 @@ async def run_locked(
             f"failed events: the offset record's count, the error records{log} all list the {check.failed:,}"
         )
     print("\n".join(summary))
+    print(checkpoint_summary(coordinator, checkpoints_off))
     print(
         f"this run: {processed:,} events processed at {rate:,.0f} events/s; wall time {wall:.2f} s "
         "(processing + verification)"

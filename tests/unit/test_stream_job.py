@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from statekit import create_store
+from statekit.checkpoint import CheckpointCoordinator, CheckpointOptions
 from statekit.locks import FileLock
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "stream_job.py"
@@ -66,6 +67,10 @@ def run_job(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def await_(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
 def describe(proc: subprocess.CompletedProcess[str]) -> str:
     return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
 
@@ -87,7 +92,7 @@ def stored(db: Path) -> tuple[Any, int]:
 
     async def read() -> tuple[Any, int]:
         async with create_store(f"sqlite://{db}") as store:
-            return await store.get("job:offset"), len(await store.keys("agg:"))
+            return await store.get("job:offset"), len(await store.keys("job:agg:"))
 
     return asyncio.run(read())
 
@@ -125,6 +130,30 @@ def phase_counts(proc: subprocess.CompletedProcess[str]) -> dict[str, int]:
     }
 
 
+def checkpoint_stats(proc: subprocess.CompletedProcess[str]) -> dict[str, int]:
+    """The counters of the summary's checkpoint line: ``{"created": .., "restores": .., ...}``."""
+    found = re.search(r"^checkpoints in .*: (created .*?);", proc.stdout, re.MULTILINE)
+    assert found, describe(proc)
+    return {
+        name.replace(" ", "_"): int(value)
+        for name, value in re.findall(r"(\w[a-z ]*?) (\d+)", found.group(1))
+    }
+
+
+def checkpoint_files(state_dir: Path) -> list[Path]:
+    """The job's checkpoint files, oldest first."""
+    return sorted((state_dir / "checkpoints").glob("ckpt-*.ckpt"))
+
+
+def restored_offset(proc: subprocess.CompletedProcess[str]) -> tuple[str, int]:
+    """``(checkpoint id, offset)`` of the restore the job reports."""
+    found = re.search(
+        r"^restored checkpoint (ckpt-\S+): the store is now at offset ([\d,]+)", proc.stdout, re.MULTILINE
+    )
+    assert found, describe(proc)
+    return found.group(1), int(found.group(2).replace(",", ""))
+
+
 # -- the example as a program -------------------------------------------------------------------
 
 
@@ -151,12 +180,17 @@ def test_clean_run_verifies(tmp_path: Path, job: ModuleType) -> None:
     assert "redone work: 0 batch(es), 0 events" in proc.stdout
     assert phase_counts(proc) == {"fold": BATCHES, "get_many": BATCHES, "put_many": BATCHES}
     assert (state / "stream_job.lock").exists()  # never deleted; it only holds the last PID
+    # A clean finish takes a final checkpoint (and the periodic ones, if the run is slow).
+    assert checkpoint_stats(proc)["created"] >= 1
+    assert checkpoint_stats(proc)["restores"] == 0
+    assert len(checkpoint_files(state)) == checkpoint_stats(proc)["created"]
 
     # A second run finds everything committed, processes nothing and verifies again.
     again = run_job(state)
     assert_match(again)
     assert processed(again) == 0
     assert "nothing to process" in again.stdout
+    assert "restored checkpoint" not in again.stdout  # a finished stream is never rolled back
     assert f"the store has committed run {BATCHES}: they agree" in again.stdout
     assert counters(again)["batches"] == BATCHES  # nothing was redone
     assert run_state(state) == (BATCHES, BATCHES)
@@ -186,8 +220,12 @@ def test_crash_then_resume(tmp_path: Path, job: ModuleType) -> None:
     assert pid, describe(crashed)
     assert (state / "stream_job.lock").read_text().strip() == pid.group(1)
 
-    resumed = run_job(state)
+    # Without checkpoints the resume starts exactly at the last commit (test_crash_resume_restores_*
+    # cover the default, which first goes back to the newest checkpoint).
+    resumed = run_job(state, "--no-checkpoints")
     assert_match(resumed)
+    assert "restored checkpoint" not in resumed.stdout
+    assert "checkpoints: off (--no-checkpoints)" in resumed.stdout
     assert f"resuming at offset {10_000 - BATCH:,}" in resumed.stdout
     assert processed(resumed) == EVENTS - (10_000 - BATCH)
     assert stored(state / "stream.db")[0]["offset"] == EVENTS
@@ -208,19 +246,19 @@ def test_crash_then_resume(tmp_path: Path, job: ModuleType) -> None:
 
 def test_two_crashes_then_resume(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    first = run_job(state, "--crash-after", "7000")
+    first = run_job(state, "--crash-after", "7000", "--no-checkpoints")
     assert first.returncode == CRASH_CODE, describe(first)
     offset_after_first = stored(state / "stream.db")[0]["offset"]
     assert offset_after_first == 6_000
 
     # --crash-after counts the events of this run: the second crash is further along.
-    second = run_job(state, "--crash-after", "9000")
+    second = run_job(state, "--crash-after", "9000", "--no-checkpoints")
     assert second.returncode == CRASH_CODE, describe(second)
     assert f"resuming at offset {offset_after_first:,}" in second.stdout
     offset_after_second = stored(state / "stream.db")[0]["offset"]
     assert offset_after_second == 14_000
 
-    final = run_job(state)
+    final = run_job(state, "--no-checkpoints")
     assert_match(final)
     assert f"resuming at offset {offset_after_second:,}" in final.stdout
     assert processed(final) == EVENTS - offset_after_second
@@ -228,11 +266,123 @@ def test_two_crashes_then_resume(tmp_path: Path) -> None:
     assert counters(final)["batches"] == BATCHES + 2
 
 
+# -- checkpoints -------------------------------------------------------------------------------
+
+#: Checkpoints every 10 ms, so that a run of a fraction of a second takes several.
+FAST_CHECKPOINTS = ("--checkpoint-interval", "0.01")
+
+
+def crash_with_checkpoints(state: Path, *args: str, at: int, at_least: int) -> int:
+    """Crash a run that takes checkpoints often; return the last committed offset."""
+    crashed = run_job(state, "--crash-after", str(at), *FAST_CHECKPOINTS, *args)
+    assert crashed.returncode == CRASH_CODE, describe(crashed)
+    assert len(checkpoint_files(state)) >= at_least, describe(crashed)
+    return at - BATCH
+
+
+async def checkpoint_content(path: Path) -> dict[str, Any]:
+    """What a checkpoint file holds, restored into a memory store (``require_prefix`` "job:")."""
+    async with create_store("memory://") as memory:
+        coordinator = CheckpointCoordinator(memory, 60, CheckpointOptions(path.parent), prefix="job:")
+        await coordinator.restore(path.name.removesuffix(".ckpt"))
+        return dict(await memory.range_get(""))
+
+
+def test_crash_resume_restores_a_checkpoint(tmp_path: Path, job: ModuleType) -> None:
+    state = tmp_path / "state"
+    crashed_at = crash_with_checkpoints(state, at=20_000, at_least=2)
+    assert stored(state / "stream.db")[0]["offset"] == crashed_at
+    newest = checkpoint_files(state)[-1]
+    # A checkpoint holds the committed state: aggregates, offset record and error records, all
+    # under "job:" (restoring it with require_prefix "job:" succeeds), and not the tracker.
+    content = await_(checkpoint_content(newest))
+    offset = content["job:offset"]["offset"]
+    assert 0 < offset <= crashed_at
+    assert offset % BATCH == 0  # the state after a whole batch
+    assert sum(agg["count"] for key, agg in content.items() if key.startswith("job:agg:")) == (
+        offset - content["job:offset"]["failed"]
+    )
+    errors = sorted(int(key.rsplit(":", 1)[1]) for key in content if key.startswith("job:errors:"))
+    assert errors[: content["job:offset"]["failed"]] == expected_failures(job, 0, offset)
+
+    resumed = run_job(state)
+    assert_match(resumed)
+    assert restored_offset(resumed) == (newest.name.removesuffix(".ckpt"), offset)
+    assert resumed.stdout.index("restored checkpoint") < resumed.stdout.index("resuming at offset")
+    assert f"resuming at offset {offset:,}" in resumed.stdout
+    assert processed(resumed) == EVENTS - offset
+    if offset < crashed_at:  # the watermarks went back with the store
+        assert f"AHEAD of the store, which has committed run {offset // BATCH}" in resumed.stdout
+    assert checkpoint_stats(resumed)["restores"] == 1
+    assert checkpoint_stats(resumed)["restore_failures"] == 0
+    assert checkpoint_stats(resumed)["created"] >= 1  # at least the final one
+    assert run_state(state) == (BATCHES, BATCHES)
+    assert failure_log(state) == expected_failures(job)
+    # The tracker is not rolled back: the batches after the checkpoint count as redone work.
+    redone = (crashed_at - offset) // BATCH + 1
+    assert counters(resumed)["batches"] == BATCHES + redone
+    assert f"redone work: {redone} batch(es)" in resumed.stdout
+
+
+def test_a_corrupt_newest_checkpoint_is_kept_aside(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    crash_with_checkpoints(state, at=20_000, at_least=2)
+    *_, older, newest = checkpoint_files(state)
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0x10  # one bit, in the payload
+    newest.write_bytes(data)
+
+    resumed = run_job(state)
+    assert_match(resumed)
+    newest_id = newest.name.removesuffix(".ckpt")
+    assert (
+        f"checkpoint {newest_id} failed verification: kept aside as {newest.name}.corrupt" in resumed.stdout
+    )
+    assert restored_offset(resumed)[0] == older.name.removesuffix(".ckpt")
+    assert (newest.parent / f"{newest.name}.corrupt").read_bytes() == data  # kept for inspection
+    assert newest not in checkpoint_files(state)
+    assert checkpoint_stats(resumed)["restores"] == 1
+    assert checkpoint_stats(resumed)["restore_failures"] == 1
+
+
+def test_no_checkpoints_resumes_from_the_store(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    crashed_at = crash_with_checkpoints(state, at=10_000, at_least=1)
+    before = checkpoint_files(state)
+
+    resumed = run_job(state, "--no-checkpoints")
+    assert_match(resumed)
+    assert "restored checkpoint" not in resumed.stdout
+    assert f"resuming at offset {crashed_at:,}" in resumed.stdout
+    assert processed(resumed) == EVENTS - crashed_at
+    assert "checkpoints: off (--no-checkpoints)" in resumed.stdout
+    assert checkpoint_files(state) == before  # none taken, none restored or set aside
+
+    # --reset deletes the checkpoints with the rest of the job's state.
+    fresh = run_job(state, "--reset", "--no-checkpoints")
+    assert "and removed run_state.json, failures.log" in fresh.stdout
+    assert_match(fresh)
+
+
+def test_memory_store_resumes_from_its_checkpoints(tmp_path: Path) -> None:
+    """A memory store dies with the process; with checkpoints a crash loses only the recent work."""
+    state = tmp_path / "state"
+    # A memory store answers without suspending, so its runs are quick: a longer stream leaves
+    # the periodic task time for a few checkpoints before the crash.
+    memory = ("--store", "memory://", "--events", "250000")
+    crash_with_checkpoints(state, *memory, at=240_000, at_least=1)
+    resumed = run_job(state, *memory, *FAST_CHECKPOINTS)
+    assert_match(resumed)  # the error records and the tracker came back with the aggregates
+    _, offset = restored_offset(resumed)
+    assert "the store is empty" in resumed.stdout
+    assert processed(resumed) == 250_000 - offset
+
+
 def test_resume_with_another_batch_size(tmp_path: Path) -> None:
     """Batching is not part of the result: a resumed run may commit in other batch sizes."""
     state = tmp_path / "state"
-    assert run_job(state, "--crash-after", "5000").returncode == CRASH_CODE
-    assert_match(run_job(state, "--batch-size", "1234"))
+    assert run_job(state, "--crash-after", "5000", "--no-checkpoints").returncode == CRASH_CODE
+    assert_match(run_job(state, "--batch-size", "1234", "--no-checkpoints"))
     # Runs are counted in the offset record, not derived from offsets: 2 of 2,000, then 22 of 1,234.
     assert run_state(state) == (2 + 22, 2 + 22)
 
@@ -244,6 +394,9 @@ def test_memory_store_verifies(tmp_path: Path) -> None:
     assert processed(proc) == EVENTS
     assert "store memory://" in proc.stdout
     assert "no lock, run-state file or failure log" in proc.stdout
+    assert (
+        "checkpoints: off (a memory store takes checkpoints only with --checkpoint-interval)" in proc.stdout
+    )
     assert f"batches {BATCHES}" in proc.stdout  # the tracker lives in the (memory) store
     assert not state.exists()  # nothing was written to disk
 
@@ -309,7 +462,14 @@ def test_bad_arguments_are_usage_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [["--failure-rate", "-1"], ["--failure-rate", "10001"], ["--lock-check-interval", "0"]]
+    "args",
+    [
+        ["--failure-rate", "-1"],
+        ["--failure-rate", "10001"],
+        ["--lock-check-interval", "0"],
+        ["--checkpoint-interval", "0"],
+        ["--no-checkpoints", "--checkpoint-interval", "1"],
+    ],
 )
 def test_bad_bookkeeping_options(
     job: ModuleType, capsys: pytest.CaptureFixture[str], args: list[str]
@@ -358,7 +518,7 @@ def test_second_instance_is_locked_out(
     assert (run_state(state), failure_log(state)) == files_before
 
     # Once the holder is gone the job resumes (the crash's stale lock file was no obstacle either).
-    resumed = run_job(state)
+    resumed = run_job(state, "--no-checkpoints")
     assert_match(resumed)
     assert "resuming at offset 4,000" in resumed.stdout
 
@@ -399,7 +559,7 @@ def test_lost_lock_stops_before_the_next_commit(tmp_path: Path) -> None:
 
     async def folded() -> int:
         async with create_store(f"sqlite://{state / 'stream.db'}") as store:
-            return sum(agg["count"] for _, agg in await store.range_get("agg:"))
+            return sum(agg["count"] for _, agg in await store.range_get("job:agg:"))
 
     assert asyncio.run(folded()) == record["offset"] - record["failed"]
 
@@ -442,7 +602,7 @@ def test_run_state_and_failure_log_are_reconciled_with_the_store(
 async def _corrupt(db: Path, how: str) -> str:
     """Damage the store behind the job's back; return the key concerned."""
     async with create_store(f"sqlite://{db}") as store:
-        aggregates = dict(await store.range_get("agg:"))
+        aggregates = dict(await store.range_get("job:agg:"))
         if how == "wrong value":  # one event's worth of amount too much
             key = sorted(aggregates)[len(aggregates) // 2]
             await store.put(key, {**aggregates[key], "sum": aggregates[key]["sum"] + 1})
@@ -450,7 +610,7 @@ async def _corrupt(db: Path, how: str) -> str:
             key = sorted(aggregates)[-1]
             assert await store.delete(key)
         else:  # an aggregate for a key id that never occurs in the stream
-            key = "agg:000002:00777"
+            key = "job:agg:000002:00777"
             assert key not in aggregates
             await store.put(key, {"count": 1, "sum": 5, "min": 5, "max": 5})
         return key
@@ -472,8 +632,8 @@ def test_verification_detects_wrong_failure_records(
 
     async def damage() -> None:
         async with create_store(f"sqlite://{state / 'stream.db'}") as store:
-            assert await store.delete(f"stream_job:errors:{failures[2]:012d}")
-            key = f"stream_job:errors:{failures[3]:012d}"
+            assert await store.delete(f"job:errors:{failures[2]:012d}")
+            key = f"job:errors:{failures[3]:012d}"
             await store.put(key, {**await store.get(key), "error": "something else"})
             record = await store.get("job:offset")
             await store.put("job:offset", {**record, "failed": record["failed"] + 1})
@@ -530,7 +690,7 @@ def test_fold_batch_agrees_with_event_at(job: ModuleType, rate: int) -> None:
         agg[3] = max(agg[3], event.amount)
     deltas, batch_failed = job.fold_batch(params, 3_500, 9_100)
     assert {key: list(delta) for key, delta in deltas.items()} == expected
-    assert {key[:10] for key in deltas} == {"agg:000000", "agg:000001", "agg:000002"}
+    assert {key[:14] for key in deltas} == {"job:agg:000000", "job:agg:000001", "job:agg:000002"}
     assert batch_failed == failed
     assert (len(failed) > 100) == (rate > 0)  # 3 % of 5,600 events
 
