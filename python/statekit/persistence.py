@@ -61,7 +61,6 @@ DEFAULT_STATS_TTL: Final = timedelta(days=30)
 
 DEFAULT_STATE_ID: Final = "current"
 _NS_PER_SECOND: Final = 1_000_000_000
-_SLOT_DIGITS: Final = 20
 
 
 class ErrorRecord(TypedDict):
@@ -423,53 +422,32 @@ class RetryManager:
 
 
 class _ExtremeRegister:
-    """The smallest or largest integer ever offered, kept exact under concurrent writers.
+    """The smallest or largest integer ever offered, exact under concurrent writers.
 
-    There is no compare-and-set in the store API, so the register is a chain of write-once
-    slots ``{prefix}{n:020d}``: the current value is the one in the highest slot, and a
-    writer with a better value claims slot ``n + 1`` with the atomic ``set_if_absent``. Of
-    two racing writers exactly one wins the slot; the loser re-reads and tries again if its
-    value is still better. Slots below the highest are garbage: each winner deletes the ones
-    it saw, and re-reads after its own write, so even a writer that re-claims a deleted old
-    slot notices the higher slots and carries on from there.
+    One key, updated with :meth:`KeyValueStore.update` (a compare-and-set loop): a writer whose
+    value is not better writes nothing; of two racing writers the loser re-reads and retries.
     """
 
-    def __init__(self, store: KeyValueStore, prefix: str, *, keep_larger: bool, ttl: TTL | None) -> None:
+    def __init__(self, store: KeyValueStore, key: str, *, keep_larger: bool, ttl: TTL | None) -> None:
         self._store = store
-        self._prefix = prefix
+        self._key = key
         self._keep_larger = keep_larger
         self._ttl = ttl
 
-    def _better(self, new: int, current: int) -> bool:
-        return new > current if self._keep_larger else new < current
-
-    async def _slots(self) -> list[tuple[int, str, int]]:
-        """``(slot, key, value)`` of the live slots, ascending."""
-        cut = len(self._prefix)
-        slots = []
-        for key, value in await self._store.range_get(self._prefix):
-            suffix = key[cut:]
-            # Keys of operation "a:b" also start with the prefix of "a"; their suffix is longer.
-            if len(suffix) == _SLOT_DIGITS and suffix.isdigit() and type(value) is int:
-                slots.append((int(suffix), key, value))
-        return slots
-
     async def get(self) -> int | None:
         """The current value, or None when nothing was offered (or it expired)."""
-        slots = await self._slots()
-        return slots[-1][2] if slots else None
+        value = await self._store.get(self._key)
+        return value if type(value) is int else None
 
     async def offer(self, value: int) -> None:
         """Make the register's value ``value`` if that is better than the current one."""
-        while True:
-            slots = await self._slots()
-            if slots and not self._better(value, slots[-1][2]):
-                return
-            slot = slots[-1][0] + 1 if slots else 1
-            key = f"{self._prefix}{slot:0{_SLOT_DIGITS}d}"
-            if await self._store.set_if_absent(key, value, self._ttl) and slots:
-                await self._store.delete_many([old_key for _, old_key, _ in slots])
-            # Won or lost, re-read: done once the highest slot holds our value or a better one.
+
+        def better(current: Any) -> Any:
+            if type(current) is not int:
+                return value
+            return value if (value > current if self._keep_larger else value < current) else current
+
+        await self._store.update(self._key, better, self._ttl)
 
 
 class StateTracker:
@@ -480,8 +458,8 @@ class StateTracker:
     * ``{name}:counter:{counter}``: an atomic counter;
     * ``{name}:timing_count:{op}``, ``{name}:timing_total_ns:{op}``: atomic counters of the
       number of recorded times and their sum in integer nanoseconds (so sums are exact);
-    * ``{name}:timing_min:{op}:{slot}``, ``{name}:timing_max:{op}:{slot}``: the extremes, as
-      chains of write-once slots claimed with ``set_if_absent`` (lock-free, no lost update);
+    * ``{name}:timing_min:{op}``, ``{name}:timing_max:{op}``: the extremes, updated with a
+      compare-and-set loop (:meth:`KeyValueStore.update`: lock-free, no lost update);
     * ``{name}:timing_updated:{op}``: when a time was last recorded.
 
     A counter or statistic expires ``ttl`` after it was created (later updates do not extend
@@ -598,7 +576,7 @@ class StateTracker:
 
     def _register(self, operation: str, which: str) -> _ExtremeRegister:
         return _ExtremeRegister(
-            self._store, f"{self._name}:timing_{which}:{operation}:", keep_larger=which == "max", ttl=self.ttl
+            self._store, f"{self._name}:timing_{which}:{operation}", keep_larger=which == "max", ttl=self.ttl
         )
 
 

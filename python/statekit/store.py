@@ -154,6 +154,25 @@ class KeyValueStore:
         data = self._codec.encode(value, key=key)
         return await self._backend.set_if_not_exists(full_key, data, self._ttl(ttl))
 
+    async def update(self, key: str, fn: Callable[[Any], Any], ttl: TTL | None = None) -> Any:
+        """Atomically replace ``key``'s value by ``fn(current)`` and return the new value.
+
+        ``current`` is None when the key holds nothing live. When ``fn`` returns ``current``
+        itself (the same object), nothing is written. Lock-free: the new value is written with
+        the backend's ``compare_and_set`` against the bytes that were read, and ``fn`` runs again
+        when another writer got there first, so it must have no side effects.
+        """
+        full_key = self._full_key(key)
+        backend, codec = self._backend, self._codec
+        while True:
+            raw = await backend.get(full_key)
+            current = None if raw is None else codec.decode(raw, key=key)
+            new = fn(current)
+            if new is current:
+                return current
+            if await backend.compare_and_set(full_key, raw, codec.encode(new, key=key), self._ttl(ttl)):
+                return new
+
     async def pop(self, key: str, default: Any = None) -> Any:
         """Atomically remove ``key`` and return its value (``default`` when missing)."""
         data = await self._backend.get_and_delete(self._full_key(key))

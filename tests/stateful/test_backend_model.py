@@ -132,6 +132,17 @@ def make_backend_machine(factory: BackendFactory) -> type[RuleBasedStateMachine]
             if expected:
                 self.model[key] = (value, self.expiry(ttl))
 
+        @rule(key=keys, expect_current=st.booleans(), other=st.none() | values, value=values, ttl=ttls)
+        def compare_and_set(
+            self, key: str, expect_current: bool, other: bytes | None, value: bytes, ttl: float | None
+        ) -> None:
+            current = self.live(key)
+            expected = current if expect_current else other
+            stored = self.run(self.backend.compare_and_set(key, expected, value, ttl))
+            assert stored == (expected == current)
+            if stored:
+                self.model[key] = (value, self.expiry(ttl))
+
         @rule(key=keys)
         def get_and_delete(self, key: str) -> None:
             expected = self.live(key)

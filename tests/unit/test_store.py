@@ -370,3 +370,26 @@ async def test_get_counter_reads_without_creating(store: KeyValueStore) -> None:
     await store.put("text", "x")
     with pytest.raises(StorageError, match="'text'"):
         await store.get_counter("text")
+
+
+async def test_update_is_a_read_modify_write_without_lost_updates(store: KeyValueStore) -> None:
+    assert await store.update("doc", lambda cur: {"n": 1} if cur is None else cur) == {"n": 1}
+
+    async def bump() -> None:
+        for _ in range(10):
+            await asyncio.sleep(0)
+            await store.update("doc", lambda cur: {"n": cur["n"] + 1})
+
+    await asyncio.gather(*(bump() for _ in range(20)))
+    assert await store.get("doc") == {"n": 201}
+    same = await store.get("doc")
+    assert await store.update("doc", lambda cur: cur) == same  # unchanged: nothing written
+
+
+async def test_compare_and_set_on_the_backend(backend: StateBackend) -> None:
+    assert await backend.compare_and_set("k", None, b"1")
+    assert not await backend.compare_and_set("k", None, b"2")
+    assert not await backend.compare_and_set("k", b"0", b"2")
+    assert await backend.compare_and_set("k", b"1", b"2")
+    assert await backend.get("k") == b"2"
+    assert await backend.list_keys("") == ["k"]

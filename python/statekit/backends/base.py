@@ -191,6 +191,16 @@ class StateBackend(Protocol):
         """Store ``value`` only when ``key`` holds nothing live; True when stored."""
         ...
 
+    async def compare_and_set(
+        self, key: str, expected: bytes | None, value: bytes, ttl: float | None = None
+    ) -> bool:
+        """Atomically store ``value`` (with ``ttl``, as ``put``) only if ``key`` holds ``expected``.
+
+        ``expected=None`` means "holds nothing live". True when stored. The building block of
+        lock-free read-modify-write loops (e.g. the running min/max of a StateTracker).
+        """
+        ...
+
     async def get_and_delete(self, key: str) -> bytes | None:
         """Atomically remove ``key`` and return what it held (None when missing)."""
         ...

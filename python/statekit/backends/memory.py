@@ -170,6 +170,21 @@ class MemoryStateBackend:
         self._stats.put_count += 1
         return True
 
+    async def compare_and_set(
+        self, key: str, expected: bytes | None, value: bytes, ttl: float | None = None
+    ) -> bool:
+        self._check_open()
+        with self._lock:
+            current: bytes | None = self._data.get(key)
+            if current is not None and self._expires and self._is_expired(key):
+                current = None
+            if current != expected:
+                return False
+            self._set(key, value, ttl)
+        self._stats.put_count += 1
+        self._stats.bytes_written += len(value)
+        return True
+
     async def get_and_delete(self, key: str) -> bytes | None:
         self._check_open()
         with self._lock:

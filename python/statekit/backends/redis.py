@@ -105,6 +105,27 @@ else
 end
 return 1
 """
+# Compare-and-set. KEYS: key [, lex, exp]. ARGV: expected, "1" when the key must be absent,
+# value, ttl ms ("0": none), member. With the index keys (standalone), updates the index too.
+_CAS = """
+local cur = redis.call('GET', KEYS[1])
+if ARGV[2] == '1' then
+  if cur then return 0 end
+elseif cur ~= ARGV[1] then
+  return 0
+end
+if ARGV[4] == '0' then redis.call('SET', KEYS[1], ARGV[3])
+else redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4]) end
+if #KEYS == 3 then
+  redis.call('ZADD', KEYS[2], 0, ARGV[5])
+  if ARGV[4] == '0' then redis.call('ZREM', KEYS[3], ARGV[5])
+  else
+    local t = redis.call('TIME')
+    redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[4]), ARGV[5])
+  end
+end
+return 1
+"""
 # KEYS: key, lex, exp. ARGV: member. Returns the number of keys deleted.
 _DELETE = """
 local n = redis.call('DEL', KEYS[1])
@@ -442,6 +463,36 @@ class RedisStateBackend:
                 await self._retry(
                     "set_if_not_exists", key, lambda: self._script("put_nx", _PUT_NX, keys, (value, px, key))
                 )
+            )
+        if stored:
+            self._stats.put_count += 1
+            self._stats.bytes_written += len(value)
+        return stored
+
+    async def compare_and_set(
+        self, key: str, expected: bytes | None, value: bytes, ttl: float | None = None
+    ) -> bool:
+        px = _px(self._ttl(ttl))
+        full = self._prefix + key
+        args = (b"" if expected is None else expected, "1" if expected is None else "0", value, px, key)
+        if self._cluster:
+            client = self._redis()
+
+            async def call() -> bool:
+                # The index lives in another slot: add the member first (it may lead, never lag).
+                await self._index_add([key], 0, touch_exp=False)
+                stored = bool(await self._script("cas", _CAS, (full,), args))
+                if stored:
+                    await self._index_add([key], px)
+                elif not await client.exists(full):
+                    await self._prune([key])  # the member added above has no key behind it
+                return stored
+
+            stored = await self._retry("compare_and_set", key, call)
+        else:
+            keys = (full, self._lex, self._exp)
+            stored = bool(
+                await self._retry("compare_and_set", key, lambda: self._script("cas", _CAS, keys, args))
             )
         if stored:
             self._stats.put_count += 1

@@ -361,6 +361,26 @@ class SqliteStateBackend:
             self._stats.put_count += 1
         return stored
 
+    async def compare_and_set(
+        self, key: str, expected: bytes | None, value: bytes, ttl: float | None = None
+    ) -> bool:
+        return await self._run(self._compare_and_set, key, expected, value, ttl)
+
+    def _compare_and_set(self, key: str, expected: bytes | None, value: bytes, ttl: float | None) -> bool:
+        conn = self._conn
+        now = self._clock()
+        with _transaction(conn):  # IMMEDIATE: no other writer between the read and the write
+            row = conn.execute(_GET_SQL, (key, now)).fetchone()
+            if (None if row is None else row[0]) != expected:
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO statekit_kv (key, value, expires_at) VALUES (?, ?, ?)",
+                (key, value, None if ttl is None else now + ttl),
+            )
+        self._stats.put_count += 1
+        self._stats.bytes_written += len(value)
+        return True
+
     async def get_and_delete(self, key: str) -> bytes | None:
         return await self._run(self._get_and_delete, key)
 
