@@ -78,51 +78,52 @@ T = TypeVar("T")
 _PAGE: Final = 1000
 _SLOTS: Final = 16384
 
-# KEYS: key, lex, exp. ARGV: value, ttl ms ("0": none), member. SET plus index, in one call.
-_PUT = """
-redis.call('ZADD', KEYS[2], 0, ARGV[3])
-if ARGV[2] == '0' then
-  redis.call('SET', KEYS[1], ARGV[1])
-  redis.call('ZREM', KEYS[3], ARGV[3])
+
+def _lua_set(value: str, ttl_ms: str, extra: str = "", into: str = "") -> str:
+    """Lua: ``SET KEYS[1] value [extra] [PX ttl_ms]`` (ttl "0": no expiry), reply assigned to ``into``."""
+    assign = f"{into} = " if into else ""
+    return (
+        f"if {ttl_ms} == '0' then {assign}redis.call('SET', KEYS[1], {value}{extra}) "
+        f"else {assign}redis.call('SET', KEYS[1], {value}{extra}, 'PX', {ttl_ms}) end"
+    )
+
+
+def _lua_index(ttl_ms: str, member: str) -> str:
+    """Lua: add ``member`` to the lex index (KEYS[2]) and set or clear its expiry (KEYS[3])."""
+    return f"""redis.call('ZADD', KEYS[2], 0, {member})
+if {ttl_ms} == '0' then redis.call('ZREM', KEYS[3], {member})
 else
   local t = redis.call('TIME')
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[2]), ARGV[3])
-end
+  redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber({ttl_ms}), {member})
+end"""
+
+
+# KEYS: key, lex, exp. ARGV: value, ttl ms ("0": none), member. SET plus index, in one call.
+_PUT = f"""
+{_lua_set("ARGV[1]", "ARGV[2]")}
+{_lua_index("ARGV[2]", "ARGV[3]")}
 return 1
 """
 # Like _PUT but only when the key holds nothing (SET NX).
-_PUT_NX = """
+_PUT_NX = f"""
 local ok
-if ARGV[2] == '0' then ok = redis.call('SET', KEYS[1], ARGV[1], 'NX')
-else ok = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) end
+{_lua_set("ARGV[1]", "ARGV[2]", extra=", 'NX'", into="ok")}
 if not ok then return 0 end
-redis.call('ZADD', KEYS[2], 0, ARGV[3])
-if ARGV[2] == '0' then redis.call('ZREM', KEYS[3], ARGV[3])
-else
-  local t = redis.call('TIME')
-  redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[2]), ARGV[3])
-end
+{_lua_index("ARGV[2]", "ARGV[3]")}
 return 1
 """
 # Compare-and-set. KEYS: key [, lex, exp]. ARGV: expected, "1" when the key must be absent,
 # value, ttl ms ("0": none), member. With the index keys (standalone), updates the index too.
-_CAS = """
+_CAS = f"""
 local cur = redis.call('GET', KEYS[1])
 if ARGV[2] == '1' then
   if cur then return 0 end
 elseif cur ~= ARGV[1] then
   return 0
 end
-if ARGV[4] == '0' then redis.call('SET', KEYS[1], ARGV[3])
-else redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4]) end
+{_lua_set("ARGV[3]", "ARGV[4]")}
 if #KEYS == 3 then
-  redis.call('ZADD', KEYS[2], 0, ARGV[5])
-  if ARGV[4] == '0' then redis.call('ZREM', KEYS[3], ARGV[5])
-  else
-    local t = redis.call('TIME')
-    redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[4]), ARGV[5])
-  end
+{_lua_index("ARGV[4]", "ARGV[5]")}
 end
 return 1
 """
@@ -143,18 +144,12 @@ return v
 # (standalone; a cluster keeps the index in another slot). Python int() syntax for the stored
 # value (surrounding ASCII whitespace, a sign, digit-group underscores), like the other backends;
 # the value is normalised before INCRBY, which keeps the key's TTL. "new:" marks a created key.
-_INCR = """
+_INCR = f"""
 local v = redis.call('GET', KEYS[1])
 if not v then
-  if ARGV[2] == '0' then redis.call('SET', KEYS[1], ARGV[1])
-  else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+  {_lua_set("ARGV[1]", "ARGV[2]")}
   if ARGV[4] == '1' then
-    redis.call('ZADD', KEYS[2], 0, ARGV[3])
-    if ARGV[2] == '0' then redis.call('ZREM', KEYS[3], ARGV[3])
-    else
-      local t = redis.call('TIME')
-      redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[2]), ARGV[3])
-    end
+{_lua_index("ARGV[2]", "ARGV[3]")}
   end
   return 'new:' .. ARGV[1]
 end
