@@ -250,14 +250,9 @@ class SqliteStateBackend:
     def _range(
         self, start: str, end: str | None, limit: int | None, with_values: bool
     ) -> list[tuple[str, bytes]]:
-        upper = prefix_upper_bound(start) if end is None else end
+        bounds, params = _key_bounds(start, prefix_upper_bound(start) if end is None else end)
         columns = "key, value" if with_values else "key, NULL"
-        sql = f"SELECT {columns} FROM statekit_kv WHERE key >= ?"
-        params: list[object] = [start]
-        if upper is not None:
-            sql += " AND key < ?"
-            params.append(upper)
-        sql += f" AND {_LIVE} ORDER BY key LIMIT ?"
+        sql = f"SELECT {columns} FROM statekit_kv WHERE {bounds} AND {_LIVE} ORDER BY key LIMIT ?"
         params += [self._clock(), -1 if limit is None else max(limit, 0)]
         rows: list[tuple[str, bytes]] = self._conn.execute(sql, params).fetchall()
         if with_values:
@@ -428,13 +423,8 @@ class SqliteStateBackend:
 
     def _export_items(self, prefix: str) -> list[Item]:
         conn = self._conn
-        upper = prefix_upper_bound(prefix)
-        sql = "SELECT key, value, expires_at FROM statekit_kv WHERE key >= ?"
-        params: list[object] = [prefix]
-        if upper is not None:
-            sql += " AND key < ?"
-            params.append(upper)
-        sql += f" AND {_LIVE} ORDER BY key"
+        bounds, params = _key_bounds(prefix, prefix_upper_bound(prefix))
+        sql = f"SELECT key, value, expires_at FROM statekit_kv WHERE {bounds} AND {_LIVE} ORDER BY key"
         params.append(self._clock())
         conn.execute("BEGIN DEFERRED")
         try:
@@ -468,10 +458,8 @@ class SqliteStateBackend:
                     yield item
 
         with _transaction(conn):
-            if upper is None:
-                conn.execute("DELETE FROM statekit_kv WHERE key >= ?", (prefix,))
-            else:
-                conn.execute("DELETE FROM statekit_kv WHERE key >= ? AND key < ?", (prefix, upper))
+            bounds, params = _key_bounds(prefix, upper)
+            conn.execute(f"DELETE FROM statekit_kv WHERE {bounds}", params)
             conn.executemany(
                 "INSERT OR REPLACE INTO statekit_kv (key, value, expires_at) VALUES (?, ?, ?)", live_items()
             )
@@ -502,13 +490,8 @@ class SqliteStateBackend:
     def stats(self, prefix: str = "") -> BackendStats:
         if self._closed:
             raise NotInitialized(f"the SQLite backend on {self.path!r} is closed", backend_type="sqlite")
-        upper = prefix_upper_bound(prefix)
-        sql = "SELECT count(*), count(expires_at) FROM statekit_kv WHERE key >= ?"
-        params: list[object] = [prefix]
-        if upper is not None:
-            sql += " AND key < ?"
-            params.append(upper)
-        sql += f" AND {_LIVE}"
+        bounds, params = _key_bounds(prefix, prefix_upper_bound(prefix))
+        sql = f"SELECT count(*), count(expires_at) FROM statekit_kv WHERE {bounds} AND {_LIVE}"
         params.append(self._clock())
         total, expiring = self._locked(lambda: self._conn.execute(sql, params).fetchone())
         return dataclasses.replace(self._stats, total_keys=total, expiring_keys=expiring)
@@ -523,6 +506,13 @@ class SqliteStateBackend:
         if self._reader is not None:
             with self._reader_lock:
                 self._reader.close()
+
+
+def _key_bounds(start: str, upper: str | None) -> tuple[str, list[object]]:
+    """SQL condition and parameters for ``start <= key < upper`` (no upper bound when None)."""
+    if upper is None:
+        return "key >= ?", [start]
+    return "key >= ? AND key < ?", [start, upper]
 
 
 class _transaction:
