@@ -7,10 +7,11 @@ all of them. Where it helps callers, an error also derives from the matching bui
       x ConfigError (also ValueError)        bad option, URL, env variable or TOML value
       x NotInitialized                       a store or backend used before set-up or after close()
       x KeyNotFound (also KeyError)          a key that had to exist does not
-      x InvalidKey (also TypeError)          a key that is not a non-empty str
+      x InvalidKey (also ValueError, TypeError) a key that is not a non-empty str (or UTF-8 bytes)
       x SerializationFailed                  a value the codec cannot encode; nothing was written
       x DeserializationFailed                stored bytes the codec cannot decode (or a bad signature)
       x StorageError                         the backend (disk, server) failed an operation
+        x OutcomeUnknown                     a non-idempotent request may or may not have been applied
       x CorruptData (also ValueError)        a framed buffer or file is truncated, altered or foreign
       x CheckpointFailed                     a checkpoint could not be written
       x RestoreFailed                        no checkpoint could be restored
@@ -36,6 +37,7 @@ __all__ = [
     "LockExistsError",
     "LockLost",
     "NotInitialized",
+    "OutcomeUnknown",
     "RestoreFailed",
     "SerializationFailed",
     "StateError",
@@ -73,8 +75,16 @@ class KeyNotFound(StateError, KeyError):
         return f"key {self.key!r} not found"
 
 
-class InvalidKey(StateError, TypeError):
-    """A key is not a non-empty ``str``."""
+class InvalidKey(StateError, ValueError, TypeError):
+    """A key is not a non-empty ``str`` (or ``bytes`` holding valid UTF-8), or it is reserved.
+
+    Both a ``ValueError`` and a ``TypeError``, so ``except ValueError`` and ``except TypeError``
+    written for either kind of mistake keep working.
+    """
+
+    def __init__(self, message: str, *, key: object = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class SerializationFailed(StateError):
@@ -108,6 +118,14 @@ class StorageError(StateError):
         self.backend_type = backend_type
         self.key = key
         self.path = path
+
+
+class OutcomeUnknown(StorageError):
+    """A request that is not safe to repeat may have reached the server, and no reply came.
+
+    statekit never re-sends such a request blindly (an ``incr`` would count twice, a ``pop``
+    would lose the value). Check the key's state before deciding what to do.
+    """
 
 
 class CorruptData(StateError, ValueError):

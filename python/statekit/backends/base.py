@@ -26,18 +26,89 @@ from dataclasses import asdict, dataclass
 from itertools import repeat
 from typing import Any, Protocol, overload, runtime_checkable
 
-from statekit.errors import StorageError
+from statekit._utils.durations import to_seconds
+from statekit.errors import ConfigError, InvalidKey, StorageError
 
 __all__ = [
+    "MAX_TTL_SECONDS",
+    "RESERVED_KEY_PREFIX",
     "BackendStats",
     "Item",
     "ItemColumns",
     "StateBackend",
     "check_item_prefix",
+    "check_key",
+    "check_keys",
+    "check_ttl",
     "item_columns",
     "parse_counter",
     "prefix_upper_bound",
 ]
+
+#: Every key statekit keeps for itself inside a backend (range indexes, request records, fences)
+#: starts with this; no user key may, so the two namespaces are disjoint by construction.
+RESERVED_KEY_PREFIX = "{statekit-"
+
+#: The longest TTL accepted (100 years): far beyond any real use, and small enough that an
+#: absolute expiry in milliseconds fits every backend's integer type.
+MAX_TTL_SECONDS = 100 * 365.25 * 86400.0
+
+
+def check_key(key: object) -> str:
+    """``key`` as the ``str`` a backend stores, or InvalidKey (also ValueError) before any write.
+
+    Accepts a non-empty ``str`` that encodes to UTF-8 (no lone surrogates), and ``bytes`` that
+    are valid UTF-8 (seed 004 writes ``b"window:1"``: the same key as ``"window:1"``). Refuses
+    keys in statekit's reserved namespace (:data:`RESERVED_KEY_PREFIX`).
+    """
+    if type(key) is not str:
+        if isinstance(key, bytes | bytearray | memoryview):
+            try:
+                key = bytes(key).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidKey(f"bytes key {bytes(key)!r} is not valid UTF-8", key=key) from None
+        elif isinstance(key, str):  # a str subclass: store the plain str
+            key = str(key)
+        else:
+            raise InvalidKey(
+                f"keys must be non-empty str (or UTF-8 bytes), got {type(key).__name__} {key!r}", key=key
+            )
+    if not key:
+        raise InvalidKey("keys must be non-empty str, got ''", key=key)
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidKey(
+                f"key {key!r} holds a lone surrogate and cannot be stored as UTF-8", key=key
+            ) from None
+    if key.startswith(RESERVED_KEY_PREFIX):
+        raise InvalidKey(
+            f"key {key!r} is in statekit's reserved namespace ({RESERVED_KEY_PREFIX!r}...); choose another "
+            "key or set a key_prefix",
+            key=key,
+        )
+    return key
+
+
+def check_keys(keys: Iterable[object]) -> list[str]:
+    """Every key checked by :func:`check_key`, all before any is used (a batch is valid whole)."""
+    return [check_key(key) for key in keys]
+
+
+def check_ttl(ttl: object, *, name: str = "ttl") -> float | None:
+    """A TTL as positive finite seconds (None stays None), at most :data:`MAX_TTL_SECONDS`.
+
+    Accepts int, float and ``timedelta``; anything else, NaN, infinities, zero, negative and
+    too-large values raise ConfigError (also ValueError) naming ``name``.
+    """
+    if ttl is None:
+        return None
+    seconds = to_seconds(ttl, name)
+    if seconds > MAX_TTL_SECONDS:
+        raise ConfigError(f"{name} must be at most {MAX_TTL_SECONDS:.0f} seconds (100 years), got {ttl!r}")
+    return seconds
+
 
 #: One stored entry: ``(key, value, expires_at)``; ``expires_at`` is absolute unix seconds or None.
 Item = tuple[str, bytes, float | None]
