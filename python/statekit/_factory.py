@@ -34,7 +34,9 @@ DEFAULT_SQLITE_PATH: Final = os.path.join(".statekit", "state.db")
 ENV_PREFIX: Final = "STATEKIT_STORE_"
 
 # Options handled by KeyValueStore itself, valid with every backend.
-_STORE_OPTIONS: Final = frozenset({"serializer", "key_prefix", "default_ttl", "signing_key"})
+_STORE_OPTIONS: Final = frozenset(
+    {"serializer", "key_prefix", "default_ttl", "signing_key", "allow_unsigned_pickle"}
+)
 _BACKEND_OPTIONS: Final[dict[str, frozenset[str]]] = {
     "memory": frozenset({"cleanup_interval", "clock"}),
     "sqlite": frozenset({"path", "durability", "timeout", "cleanup_interval", "clock"}),
@@ -65,7 +67,6 @@ _BACKEND_OPTIONS: Final[dict[str, frozenset[str]]] = {
             "tls_verify",
             "pipeline_batch_size",
             "config",
-            "allow_unsigned_pickle",
         }
     ),
 }
@@ -112,8 +113,8 @@ def create_store(store_type: str = "memory", **options: Any) -> KeyValueStore:
     ``durability`` (``"full"``/``"normal"``), ``timeout``, ``cleanup_interval``, ``clock``.
     Redis: ``host``, ``port``, ``password``, ``username``, ``db``, ``ssl``/``tls``, ``timeout``,
     ``max_connections`` and every other :class:`~statekit.backends.RedisConfig` field (or
-    ``config=RedisConfig(...)``). ``serializer="pickle"`` over Redis needs ``signing_key`` or
-    ``allow_unsigned_pickle=True``.
+    ``config=RedisConfig(...)``). ``serializer="pickle"`` on a persistent or shared backend
+    (SQLite, Redis) needs ``signing_key`` or ``allow_unsigned_pickle=True``.
 
     Raises ConfigError (listing the valid choices) for an unknown type, serializer or option.
     """
@@ -134,8 +135,6 @@ def create_store(store_type: str = "memory", **options: Any) -> KeyValueStore:
             f"valid options: {valid}"
         )
     store_options = {k: options.pop(k) for k in list(options) if k in _STORE_OPTIONS}
-    if store_type == "redis":
-        _check_redis_store_options(store_options, options)
     backend = _BACKEND_BUILDERS[store_type](options)
     return KeyValueStore(backend, **store_options)
 
@@ -147,23 +146,6 @@ def _memory_backend(options: dict[str, Any]) -> StateBackend:
 def _sqlite_backend(options: dict[str, Any]) -> StateBackend:
     path = options.pop("path", None) or DEFAULT_SQLITE_PATH
     return SqliteStateBackend(path, **options)
-
-
-def _check_redis_store_options(store_options: dict[str, Any], options: dict[str, Any]) -> None:
-    """Refuse unsigned pickle over Redis unless explicitly allowed."""
-    serializer = store_options.get("serializer", "json")
-    allow_unsigned = options.pop("allow_unsigned_pickle", False)
-    if (
-        isinstance(serializer, str)
-        and serializer.lower() == "pickle"
-        and store_options.get("signing_key") is None
-        and not allow_unsigned
-    ):
-        raise ConfigError(
-            "serializer='pickle' over Redis needs signing_key=... (a shared server must not be a way to "
-            "run code in every reader); pass allow_unsigned_pickle=True to accept the risk, or use "
-            "serializer='json' or 'msgpack'"
-        )
 
 
 def _redis_backend(options: dict[str, Any]) -> StateBackend:

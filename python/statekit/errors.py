@@ -8,6 +8,7 @@ all of them. Where it helps callers, an error also derives from the matching bui
       x NotInitialized                       a store or backend used before set-up or after close()
       x KeyNotFound (also KeyError)          a key that had to exist does not
       x InvalidKey (also ValueError, TypeError) a key that is not a non-empty str (or UTF-8 bytes)
+      x InvalidValue (also TypeError)        a backend value that is not bytes, an amount that is not an int
       x SerializationFailed                  a value the codec cannot encode; nothing was written
       x DeserializationFailed                stored bytes the codec cannot decode (or a bad signature)
       x StorageError                         the backend (disk, server) failed an operation
@@ -33,6 +34,7 @@ __all__ = [
     "CorruptData",
     "DeserializationFailed",
     "InvalidKey",
+    "InvalidValue",
     "KeyNotFound",
     "LockExistsError",
     "LockLost",
@@ -83,6 +85,15 @@ class InvalidKey(StateError, ValueError, TypeError):
     """
 
     def __init__(self, message: str, *, key: object = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class InvalidValue(StateError, TypeError):
+    """An argument that is not a key has the wrong type or range (a backend value that is not
+    ``bytes``, a counter amount that is not a 64-bit ``int``). Nothing was written."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
         super().__init__(message)
         self.key = key
 

@@ -13,8 +13,15 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
 
-from statekit._utils.durations import to_seconds
-from statekit.backends.base import BackendStats, StateBackend, parse_counter
+from statekit.backends.base import (
+    BackendStats,
+    StateBackend,
+    check_amount,
+    check_bound,
+    check_limit,
+    check_ttl,
+    parse_counter,
+)
 from statekit.errors import ConfigError, InvalidKey
 from statekit.serializers import PickleSerializer, Serializer, make_serializer
 
@@ -27,8 +34,8 @@ TTL = float | int | timedelta
 
 
 def ttl_seconds(ttl: TTL | None, *, name: str = "ttl") -> float | None:
-    """Normalise a TTL to positive seconds (None stays None)."""
-    return None if ttl is None else to_seconds(ttl, name)
+    """Normalise a TTL to positive seconds, at most 100 years (None stays None)."""
+    return check_ttl(ttl, name=name)
 
 
 class StoreStats(dict[str, Any]):
@@ -73,9 +80,11 @@ class KeyValueStore:
         key_prefix: str = "",
         default_ttl: TTL | None = None,
         signing_key: bytes | str | None = None,
+        allow_unsigned_pickle: bool = False,
     ) -> None:
         if not isinstance(key_prefix, str):
             raise ConfigError(f"key_prefix must be a str, got {type(key_prefix).__name__}")
+        check_bound(key_prefix, "key_prefix")  # no lone surrogates: every key would be unstorable
         self._backend = backend
         self._codec = (
             make_serializer(serializer, signing_key=signing_key)
@@ -85,9 +94,17 @@ class KeyValueStore:
         self._prefix = key_prefix
         self._default_ttl = ttl_seconds(default_ttl, name="default_ttl")
         if isinstance(self._codec, PickleSerializer) and not self._codec.signed and backend.persistent:
+            # Anyone who can write a row or a Redis key could run code in every reader.
+            if not allow_unsigned_pickle:
+                raise ConfigError(
+                    f"serializer='pickle' on the {backend.backend_type} backend needs signing_key=... "
+                    "(unpickling runs code chosen by whoever wrote the bytes, and this backend is "
+                    "persistent or shared); pass allow_unsigned_pickle=True to accept that risk, or use "
+                    "serializer='json' or 'msgpack'"
+                )
             logger.warning(
-                "statekit store on the %s backend uses unsigned pickle: anyone who can write to it can "
-                "run code in every reader. Pass signing_key=... to sign and verify payloads.",
+                "statekit store on the %s backend uses unsigned pickle (allow_unsigned_pickle=True): "
+                "anyone who can write to it can run code in every reader",
                 backend.backend_type,
             )
 
@@ -186,9 +203,8 @@ class KeyValueStore:
         Counters are stored as ASCII decimal whatever the serializer, so read them back with
         ``get_counter(key)``. ``ttl`` (or the default TTL) applies when the counter is created.
         """
-        if isinstance(amount, bool) or not isinstance(amount, int):
-            raise TypeError(f"amount must be an int, got {type(amount).__name__}")
-        return await self._backend.incr_by(self._full_key(key), amount, self._ttl(ttl))
+        full_key = self._full_key(key)
+        return await self._backend.incr_by(full_key, check_amount(amount, key), self._ttl(ttl))
 
     # -- many keys -----------------------------------------------------------------------
 
@@ -200,12 +216,9 @@ class KeyValueStore:
         Without ``end_key``: every key starting with ``start_key`` (``range_get("")`` lists the
         whole store). With ``end_key``: ``start_key <= key < end_key``. ``limit`` caps the count.
         """
-        if not isinstance(start_key, str):
-            raise InvalidKey(f"start_key must be a str, got {type(start_key).__name__}")
-        if end_key is not None and not isinstance(end_key, str):
-            raise InvalidKey(f"end_key must be a str or None, got {type(end_key).__name__}")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-            raise ConfigError(f"limit must be a non-negative int or None, got {limit!r}")
+        start_key = check_bound(start_key, "start_key")
+        end_key = None if end_key is None else check_bound(end_key, "end_key")
+        limit = check_limit(limit)
         prefix = self._prefix
         rows = await self._backend.range(
             prefix + start_key, None if end_key is None else prefix + end_key, limit
@@ -216,8 +229,7 @@ class KeyValueStore:
 
     async def keys(self, prefix: str = "") -> list[str]:
         """Every live key starting with ``prefix``, sorted (without the store's key prefix)."""
-        if not isinstance(prefix, str):
-            raise InvalidKey(f"prefix must be a str, got {type(prefix).__name__}")
+        prefix = check_bound(prefix, "prefix")
         cut = len(self._prefix)
         return [key[cut:] for key in await self._backend.list_keys(self._prefix + prefix)]
 
@@ -289,10 +301,13 @@ class KeyValueStore:
     # -- internals -----------------------------------------------------------------------
 
     def _full_key(self, key: str) -> str:
+        # The backend checks the full key (UTF-8, reserved namespace); here only what the
+        # prefix would hide: the type (bytes keys are decoded) and emptiness.
         if type(key) is not str or not key:
-            if isinstance(key, str) and key:
-                return self._prefix + key
-            raise InvalidKey(f"keys must be non-empty str, got {key!r} ({type(key).__name__})")
+            if isinstance(key, bytes | bytearray | memoryview | str):
+                key = check_bound(key, "key")
+            if not isinstance(key, str) or not key:
+                raise InvalidKey(f"keys must be non-empty str, got {key!r} ({type(key).__name__})", key=key)
         return self._prefix + key
 
     def _ttl(self, ttl: TTL | None) -> float | None:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from statekit import KeyValueStore
-from statekit.backends import StateBackend
+from statekit.backends import SqliteStateBackend, StateBackend
 from statekit.errors import (
     ConfigError,
     DeserializationFailed,
@@ -198,15 +198,29 @@ async def test_unencodable_value_raises_and_writes_nothing(store: KeyValueStore)
     assert await store.get_many(["ok", "bad"]) == [None, None]
 
 
-@pytest.mark.parametrize("key", ["", b"bytes", 1, None, ("t",)])
+@pytest.mark.parametrize("key", ["", b"", b"\xff\xfe", "\udc80", 1, None, ("t",), 1.5])
 async def test_invalid_keys_are_rejected(store: KeyValueStore, key: Any) -> None:
     with pytest.raises(InvalidKey) as info:
         await store.put(key, 1)
     assert isinstance(info.value, StateError)
+    assert isinstance(info.value, ValueError)
     with pytest.raises(InvalidKey):
         await store.get(key)
     with pytest.raises(InvalidKey):
         await store.get_many(["ok", key])
+    with pytest.raises(InvalidKey):
+        await store.put_many({"ok": 1, key: 2})
+    assert await store.keys() == []
+
+
+async def test_utf8_bytes_keys_are_the_same_key_as_str(store: KeyValueStore) -> None:
+    await store.put(b"window:1", {"n": 1})
+    assert await store.get("window:1") == {"n": 1}
+    await store.put_many({b"window:2": 2, "window:3": 3})
+    assert await store.keys("window:") == ["window:1", "window:2", "window:3"]
+    assert await store.get_many([b"window:2", "window:3"]) == [2, 3]
+    assert await store.delete(b"window:1")
+    assert await store.range_get(b"window:") == [("window:2", 2), ("window:3", 3)]
 
 
 async def test_counters_are_exact_under_concurrent_tasks(store: KeyValueStore) -> None:
@@ -319,32 +333,54 @@ async def test_tampered_signed_pickle_is_never_unpickled(backend: StateBackend) 
     assert TRIPPED == []
 
 
-async def test_unsigned_pickle_warns_on_persistent_backends_only(
+async def test_unsigned_pickle_is_refused_on_persistent_backends(
     backend: StateBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="statekit"):
         KeyValueStore(backend, serializer="pickle", signing_key=b"0123456789abcdef")
     assert not caplog.records
-    with caplog.at_level(logging.WARNING, logger="statekit"):
-        KeyValueStore(backend, serializer="pickle")
-    warned = any("unsigned pickle" in r.getMessage() for r in caplog.records)
-    assert warned == backend.persistent
+    if backend.persistent:
+        with pytest.raises(ConfigError, match="allow_unsigned_pickle"):
+            KeyValueStore(backend, serializer="pickle")
+        with caplog.at_level(logging.WARNING, logger="statekit"):
+            KeyValueStore(backend, serializer="pickle", allow_unsigned_pickle=True)
+        assert any("unsigned pickle" in r.getMessage() for r in caplog.records)
+    else:
+        with caplog.at_level(logging.WARNING, logger="statekit"):
+            KeyValueStore(backend, serializer="pickle")
+        assert not caplog.records
 
 
-async def test_unsigned_pickle_on_persistent_backend_warns(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_unsigned_pickle_on_sqlite_is_refused_through_every_door(tmp_path: Path) -> None:
     from statekit import create_store
 
-    with caplog.at_level(logging.WARNING, logger="statekit"):
-        store = create_store("sqlite", path=str(tmp_path / "p.db"), serializer="pickle")
-    await store.close()
-    assert any("unsigned pickle" in r.getMessage() for r in caplog.records)
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="statekit"):
-        mem = create_store("memory", serializer="pickle")
+    path = tmp_path / "p.db"
+    with pytest.raises(ConfigError, match="signing_key"):
+        create_store("sqlite", path=str(path), serializer="pickle")
+    with pytest.raises(ConfigError, match="signing_key"):
+        create_store(f"sqlite:///{path}?serializer=pickle")
+    allowed = create_store(f"sqlite:///{path}?serializer=pickle&allow_unsigned_pickle=true")
+    await allowed.close()
+    mem = create_store("memory", serializer="pickle")  # private to the process: nothing to plant
     await mem.close()
-    assert not caplog.records
+
+
+async def test_a_planted_pickle_row_is_never_unpickled(tmp_path: Path) -> None:
+    """Someone who can write the database plants a pickle that would run code on get()."""
+    from statekit import create_store
+
+    class Boom:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (exec, ("raise SystemExit('planted pickle ran')",))
+
+    path = tmp_path / "p.db"
+    writer = SqliteStateBackend(str(path))
+    await writer.put("job:k", pickle.dumps(Boom()))
+    await writer.close()
+    store = create_store(f"sqlite:///{path}", serializer="pickle", signing_key=b"k" * 16, key_prefix="job:")
+    with pytest.raises(DeserializationFailed, match="not a signed pickle"):
+        await store.get("k")
+    await store.close()
 
 
 async def test_value_written_with_other_codec_is_deserialization_error(backend: StateBackend) -> None:

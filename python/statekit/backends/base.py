@@ -21,25 +21,36 @@ which avoids building a million tuples on the hot paths).
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from itertools import repeat
-from typing import Any, Protocol, overload, runtime_checkable
+from operator import itemgetter
+from typing import Any, Final, Protocol, overload, runtime_checkable
 
 from statekit._utils.durations import to_seconds
-from statekit.errors import ConfigError, InvalidKey, StorageError
+from statekit.errors import ConfigError, InvalidKey, InvalidValue, StorageError
 
 __all__ = [
+    "COUNTER_PATTERN",
     "MAX_TTL_SECONDS",
     "RESERVED_KEY_PREFIX",
     "BackendStats",
     "Item",
     "ItemColumns",
     "StateBackend",
+    "add_to_counter",
+    "check_amount",
+    "check_bound",
     "check_item_prefix",
+    "check_items",
     "check_key",
     "check_keys",
+    "check_limit",
+    "check_pairs",
     "check_ttl",
+    "check_value",
     "item_columns",
     "parse_counter",
     "prefix_upper_bound",
@@ -63,10 +74,11 @@ def check_key(key: object) -> str:
     """
     if type(key) is not str:
         if isinstance(key, bytes | bytearray | memoryview):
+            raw = bytes(key)
             try:
-                key = bytes(key).decode("utf-8")
+                key = raw.decode("utf-8")
             except UnicodeDecodeError:
-                raise InvalidKey(f"bytes key {bytes(key)!r} is not valid UTF-8", key=key) from None
+                raise InvalidKey(f"bytes key {raw!r} is not valid UTF-8", key=raw) from None
         elif isinstance(key, str):  # a str subclass: store the plain str
             key = str(key)
         else:
@@ -92,8 +104,124 @@ def check_key(key: object) -> str:
 
 
 def check_keys(keys: Iterable[object]) -> list[str]:
-    """Every key checked by :func:`check_key`, all before any is used (a batch is valid whole)."""
-    return [check_key(key) for key in keys]
+    """Every key checked by :func:`check_key`, all before any is used (a batch is valid whole).
+
+    The common case (plain ASCII or UTF-8 ``str`` keys) is checked with a few C-level passes
+    over the list instead of one Python call per key; anything unusual takes the per-key path,
+    which converts bytes keys and raises naming the first bad key.
+    """
+    checked: list[Any] = keys if type(keys) is list else list(keys)
+    try:
+        # str.startswith raises TypeError on anything that is not a str: the slow path handles it.
+        reserved = any(map(str.startswith, checked, repeat(RESERVED_KEY_PREFIX)))
+        joined = "".join(checked)
+    except TypeError:
+        return [check_key(key) for key in checked]
+    if reserved or "" in checked or not (joined.isascii() or _encodes(joined)):
+        return [check_key(key) for key in checked]
+    return checked
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_value(value: object, key: str | None = None) -> bytes:
+    """A backend value as ``bytes`` (bytearray/memoryview copied), or InvalidValue."""
+    if type(value) is bytes:
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise InvalidValue(
+        f"backend values must be bytes, got {type(value).__name__} for key {key!r} "
+        "(use a KeyValueStore to store Python objects)",
+        key=key,
+    )
+
+
+def check_pairs(pairs: Iterable[tuple[object, object]]) -> list[tuple[str, bytes]]:
+    """A batch of ``(key, value)`` pairs with every key and value checked, before any is written."""
+    items: list[Any] = pairs if type(pairs) is list else list(pairs)
+    try:
+        keys = list(map(itemgetter(0), items))
+        values = list(map(itemgetter(1), items))
+        well_formed = all(len(item) == 2 for item in items)
+    except (TypeError, IndexError, KeyError):
+        well_formed = False
+    if not well_formed:
+        raise InvalidValue("a batch must be an iterable of (key, value) pairs")
+    checked_keys = check_keys(keys)
+    if checked_keys is keys and all(map(isinstance, values, repeat(bytes))):
+        return items
+    checked_values = [check_value(value, key) for key, value in zip(checked_keys, values, strict=True)]
+    return list(zip(checked_keys, checked_values, strict=True))
+
+
+def check_items(items: Sequence[Item]) -> ItemColumns:
+    """Snapshot items as columns, every key and value checked before any is written.
+
+    An expiry must be None or a finite number: a NaN would never compare as expired.
+    """
+    columns = item_columns(items)
+    keys = check_keys(columns.keys)
+    values = columns.values
+    if not all(map(isinstance, values, repeat(bytes))):
+        values = [check_value(value, key) for key, value in zip(keys, values, strict=True)]
+    expires = columns.expires_at
+    if expires is not None:
+        for key, at in zip(keys, expires, strict=True):
+            if at is not None and (
+                isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at)
+            ):
+                raise InvalidValue(f"item {key!r} has an invalid expiry {at!r}", key=key)
+    if keys is columns.keys and values is columns.values:
+        return columns
+    return ItemColumns(keys, values, expires)
+
+
+def check_bound(bound: object, name: str) -> str:
+    """A range bound or key prefix: ``str`` (possibly empty) or UTF-8 ``bytes``, else InvalidKey."""
+    if type(bound) is str:
+        if bound.isascii() or _encodes(bound):
+            return bound
+        raise InvalidKey(f"{name} {bound!r} holds a lone surrogate", key=bound)
+    if isinstance(bound, bytes | bytearray | memoryview):
+        try:
+            return bytes(bound).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidKey(f"{name} {bytes(bound)!r} is not valid UTF-8", key=bound) from None
+    if isinstance(bound, str):
+        return check_bound(str(bound), name)
+    raise InvalidKey(f"{name} must be a str, got {type(bound).__name__} {bound!r}", key=bound)
+
+
+def check_limit(limit: object) -> int | None:
+    """A ``limit`` argument: None or a non-negative int, else ConfigError (also ValueError)."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ConfigError(f"limit must be a non-negative int or None, got {limit!r}")
+    return limit
+
+
+#: What a stored counter looks like: ASCII decimal, as Redis' INCRBY writes it.
+COUNTER_PATTERN: Final = re.compile(rb"-?[0-9]{1,19}")
+
+#: Counters are signed 64-bit on every backend (Redis' INCRBY range), so they behave alike.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def check_amount(amount: object, key: str | None = None) -> int:
+    """A counter increment: an ``int`` (not bool) in the signed 64-bit range, else InvalidValue."""
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise InvalidValue(f"amount must be an int, got {type(amount).__name__}", key=key)
+    if not _INT64_MIN <= amount <= _INT64_MAX:
+        raise InvalidValue(f"amount {amount} is outside the signed 64-bit range of counters", key=key)
+    return int(amount)
 
 
 def check_ttl(ttl: object, *, name: str = "ttl") -> float | None:
@@ -355,11 +483,25 @@ def prefix_upper_bound(prefix: str) -> str | None:
 
 def parse_counter(raw: bytes, key: str, backend_type: str) -> int:
     """Read an ``incr_by`` counter; a non-integer value is a StorageError naming the key."""
-    try:
-        return int(raw)
-    except ValueError:
+    # Counters are ASCII decimal; int() would also take b" 7", b"1_0" or 4,300 digits.
+    if COUNTER_PATTERN.fullmatch(raw):
+        value = int(raw)
+        if _INT64_MIN <= value <= _INT64_MAX:
+            return value
+    raise StorageError(
+        f"cannot read key {key!r} as a counter: it holds a value that is not a 64-bit integer",
+        backend_type=backend_type,
+        key=key,
+    )
+
+
+def add_to_counter(current: int, amount: int, key: str, backend_type: str) -> int:
+    """``current + amount``, or StorageError when it leaves the signed 64-bit range (as Redis does)."""
+    new = current + amount
+    if not _INT64_MIN <= new <= _INT64_MAX:
         raise StorageError(
-            f"cannot increment key {key!r}: it holds a value that is not an integer",
+            f"incrementing key {key!r} by {amount} would overflow a 64-bit counter",
             backend_type=backend_type,
             key=key,
-        ) from None
+        )
+    return new

@@ -26,8 +26,17 @@ from statekit.backends.base import (
     BackendStats,
     Item,
     ItemColumns,
+    add_to_counter,
+    check_amount,
+    check_bound,
     check_item_prefix,
-    item_columns,
+    check_items,
+    check_key,
+    check_keys,
+    check_limit,
+    check_pairs,
+    check_ttl,
+    check_value,
     parse_counter,
     prefix_upper_bound,
 )
@@ -71,6 +80,7 @@ class MemoryStateBackend:
 
     async def get(self, key: str) -> bytes | None:
         self._check_open()
+        key = check_key(key)
         stats = self._stats
         stats.get_count += 1
         value: bytes | None = self._data.get(key)
@@ -85,10 +95,12 @@ class MemoryStateBackend:
 
     async def exists(self, key: str) -> bool:
         self._check_open()
+        key = check_key(key)
         return key in self._data and not (self._expires and self._is_expired(key))
 
     async def list_keys(self, prefix: str = "") -> list[str]:
         self._check_open()
+        prefix = check_bound(prefix, "prefix")
         with self._lock:
             return [key for key in self._iter_range(prefix, prefix_upper_bound(prefix))]
 
@@ -96,6 +108,9 @@ class MemoryStateBackend:
         self, start: str, end: str | None = None, limit: int | None = None
     ) -> list[tuple[str, bytes]]:
         self._check_open()
+        start = check_bound(start, "start")
+        end = None if end is None else check_bound(end, "end")
+        limit = check_limit(limit)
         upper = prefix_upper_bound(start) if end is None else end
         out: list[tuple[str, bytes]] = []
         if limit is not None and limit <= 0:
@@ -110,6 +125,7 @@ class MemoryStateBackend:
 
     async def batch_get(self, keys: Sequence[str]) -> list[bytes | None]:
         self._check_open()
+        keys = check_keys(keys)
         self._stats.batch_count += 1
         data = self._data
         with self._lock:
@@ -128,6 +144,7 @@ class MemoryStateBackend:
 
     async def put(self, key: str, value: bytes, ttl: float | None = None) -> None:
         self._check_open()
+        key, value, ttl = check_key(key), check_value(value, key), check_ttl(ttl)
         with self._lock:
             self._set(key, value, ttl)
         self._stats.put_count += 1
@@ -135,7 +152,8 @@ class MemoryStateBackend:
 
     async def batch_put(self, pairs: Iterable[tuple[str, bytes]], ttl: float | None = None) -> None:
         self._check_open()
-        items = list(pairs)
+        items = check_pairs(pairs)  # the whole batch, before anything is applied
+        ttl = check_ttl(ttl)
         with self._lock:
             if ttl is None and not self._expires:
                 self._data.update(items)  # fast path: no expiry bookkeeping at all
@@ -148,6 +166,7 @@ class MemoryStateBackend:
 
     async def delete(self, key: str) -> bool:
         self._check_open()
+        key = check_key(key)
         with self._lock:
             existed = self._pop_live(key) is not None
         self._stats.delete_count += 1
@@ -155,6 +174,7 @@ class MemoryStateBackend:
 
     async def batch_delete(self, keys: Sequence[str]) -> int:
         self._check_open()
+        keys = check_keys(keys)
         with self._lock:
             removed = sum(1 for key in keys if self._pop_live(key) is not None)
         self._stats.batch_count += 1
@@ -163,6 +183,7 @@ class MemoryStateBackend:
 
     async def set_if_not_exists(self, key: str, value: bytes, ttl: float | None = None) -> bool:
         self._check_open()
+        key, value, ttl = check_key(key), check_value(value, key), check_ttl(ttl)
         with self._lock:
             if key in self._data and not self._is_expired(key):
                 return False
@@ -174,6 +195,9 @@ class MemoryStateBackend:
         self, key: str, expected: bytes | None, value: bytes, ttl: float | None = None
     ) -> bool:
         self._check_open()
+        key, value, ttl = check_key(key), check_value(value, key), check_ttl(ttl)
+        if expected is not None:
+            expected = check_value(expected, key)
         with self._lock:
             current: bytes | None = self._data.get(key)
             if current is not None and self._expires and self._is_expired(key):
@@ -187,11 +211,13 @@ class MemoryStateBackend:
 
     async def get_and_delete(self, key: str) -> bytes | None:
         self._check_open()
+        key = check_key(key)
         with self._lock:
             return self._pop_live(key)
 
     async def incr_by(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
         self._check_open()
+        key, amount, ttl = check_key(key), check_amount(amount, key), check_ttl(ttl)
         with self._lock:
             current = self._data.get(key)
             if current is not None and self._is_expired(key):
@@ -200,7 +226,7 @@ class MemoryStateBackend:
                 new = amount
                 self._set(key, str(new).encode(), ttl)
             else:
-                new = parse_counter(current, key, self.backend_type) + amount
+                new = add_to_counter(parse_counter(current, key, self.backend_type), amount, key, "memory")
                 self._data[key] = str(new).encode()  # keeps its existing expiry
         return new
 
@@ -214,6 +240,7 @@ class MemoryStateBackend:
         is several times faster than looking values up in key order), in key order otherwise.
         """
         self._check_open()
+        prefix = check_bound(prefix, "prefix")
         with self._lock:
             data = self._data
             upper = prefix_upper_bound(prefix)
@@ -238,7 +265,8 @@ class MemoryStateBackend:
     async def replace_prefix(self, prefix: str, items: Sequence[Item]) -> None:
         """Atomically replace everything under ``prefix`` with ``items`` (under the lock)."""
         self._check_open()
-        columns = item_columns(items)
+        prefix = check_bound(prefix, "prefix")
+        columns = check_items(items)
         check_item_prefix(columns.keys, prefix)
         with self._lock:
             if columns.expires_at is not None:

@@ -40,8 +40,17 @@ from typing import Final, Literal, ParamSpec, TypeVar
 from statekit.backends.base import (
     BackendStats,
     Item,
+    add_to_counter,
+    check_amount,
+    check_bound,
     check_item_prefix,
-    item_columns,
+    check_items,
+    check_key,
+    check_keys,
+    check_limit,
+    check_pairs,
+    check_ttl,
+    check_value,
     parse_counter,
     prefix_upper_bound,
 )
@@ -210,6 +219,7 @@ class SqliteStateBackend:
     # -- reads ---------------------------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
+        key = check_key(key)
         done, row = self._read_inline(_GET_SQL, (key, self._clock()))
         if not done:
             return await self._run(self._get, key)
@@ -231,6 +241,7 @@ class SqliteStateBackend:
         return value
 
     async def exists(self, key: str) -> bool:
+        key = check_key(key)
         done, row = self._read_inline(_EXISTS_SQL, (key, self._clock()))
         if not done:
             return await self._run(self._exists, key)
@@ -240,12 +251,15 @@ class SqliteStateBackend:
         return self._conn.execute(_EXISTS_SQL, (key, self._clock())).fetchone() is not None
 
     async def list_keys(self, prefix: str = "") -> list[str]:
+        prefix = check_bound(prefix, "prefix")
         return [key for key, _ in await self._run(self._range, prefix, None, None, False)]
 
     async def range(
         self, start: str, end: str | None = None, limit: int | None = None
     ) -> list[tuple[str, bytes]]:
-        return await self._run(self._range, start, end, limit, True)
+        start = check_bound(start, "start")
+        end = None if end is None else check_bound(end, "end")
+        return await self._run(self._range, start, end, check_limit(limit), True)
 
     def _range(
         self, start: str, end: str | None, limit: int | None, with_values: bool
@@ -260,7 +274,7 @@ class SqliteStateBackend:
         return rows
 
     async def batch_get(self, keys: Sequence[str]) -> list[bytes | None]:
-        return await self._run(self._batch_get, list(keys))
+        return await self._run(self._batch_get, check_keys(keys))
 
     def _batch_get(self, keys: list[str]) -> list[bytes | None]:
         now = self._clock()
@@ -287,11 +301,12 @@ class SqliteStateBackend:
     # -- writes --------------------------------------------------------------------------
 
     async def put(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        await self._run(self._batch_put, [(key, value)], ttl)
+        key = check_key(key)
+        await self._run(self._batch_put, [(key, check_value(value, key))], check_ttl(ttl))
 
     async def batch_put(self, pairs: Iterable[tuple[str, bytes]], ttl: float | None = None) -> None:
-        items = pairs if isinstance(pairs, list) else list(pairs)
-        await self._run(self._batch_put, items, ttl)
+        items = check_pairs(pairs)  # the whole batch, before anything is written
+        await self._run(self._batch_put, items, check_ttl(ttl))
 
     def _batch_put(self, pairs: list[tuple[str, bytes]], ttl: float | None) -> None:
         conn = self._conn
@@ -314,10 +329,10 @@ class SqliteStateBackend:
             stats.batch_count += 1
 
     async def delete(self, key: str) -> bool:
-        return await self._run(self._batch_delete, [key]) == 1
+        return await self._run(self._batch_delete, [check_key(key)]) == 1
 
     async def batch_delete(self, keys: Sequence[str]) -> int:
-        return await self._run(self._batch_delete, list(keys))
+        return await self._run(self._batch_delete, check_keys(keys))
 
     def _batch_delete(self, keys: list[str]) -> int:
         conn = self._conn
@@ -337,7 +352,8 @@ class SqliteStateBackend:
         return removed
 
     async def set_if_not_exists(self, key: str, value: bytes, ttl: float | None = None) -> bool:
-        return await self._run(self._set_if_not_exists, key, value, ttl)
+        key = check_key(key)
+        return await self._run(self._set_if_not_exists, key, check_value(value, key), check_ttl(ttl))
 
     def _set_if_not_exists(self, key: str, value: bytes, ttl: float | None) -> bool:
         now = self._clock()
@@ -359,7 +375,9 @@ class SqliteStateBackend:
     async def compare_and_set(
         self, key: str, expected: bytes | None, value: bytes, ttl: float | None = None
     ) -> bool:
-        return await self._run(self._compare_and_set, key, expected, value, ttl)
+        key = check_key(key)
+        expected = None if expected is None else check_value(expected, key)
+        return await self._run(self._compare_and_set, key, expected, check_value(value, key), check_ttl(ttl))
 
     def _compare_and_set(self, key: str, expected: bytes | None, value: bytes, ttl: float | None) -> bool:
         conn = self._conn
@@ -377,7 +395,7 @@ class SqliteStateBackend:
         return True
 
     async def get_and_delete(self, key: str) -> bytes | None:
-        return await self._run(self._get_and_delete, key)
+        return await self._run(self._get_and_delete, check_key(key))
 
     def _get_and_delete(self, key: str) -> bytes | None:
         conn = self._conn
@@ -391,7 +409,8 @@ class SqliteStateBackend:
         return value
 
     async def incr_by(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
-        return await self._run(self._incr_by, key, amount, ttl)
+        key = check_key(key)
+        return await self._run(self._incr_by, key, check_amount(amount, key), check_ttl(ttl))
 
     def _incr_by(self, key: str, amount: int, ttl: float | None) -> int:
         conn = self._conn
@@ -407,7 +426,7 @@ class SqliteStateBackend:
                     (key, str(new).encode(), None if ttl is None else now + ttl),
                 )
             else:
-                new = parse_counter(row[0], key, self.backend_type) + amount
+                new = add_to_counter(parse_counter(row[0], key, self.backend_type), amount, key, "sqlite")
                 conn.execute("UPDATE statekit_kv SET value = ? WHERE key = ?", (str(new).encode(), key))
         return new
 
@@ -419,7 +438,7 @@ class SqliteStateBackend:
         Read in one read transaction, so it is a point-in-time snapshot even while other
         connections (or processes) write.
         """
-        return await self._run(self._export_items, prefix)
+        return await self._run(self._export_items, check_bound(prefix, "prefix"))
 
     def _export_items(self, prefix: str) -> list[Item]:
         conn = self._conn
@@ -436,7 +455,8 @@ class SqliteStateBackend:
 
     async def replace_prefix(self, prefix: str, items: Sequence[Item]) -> None:
         """Atomically replace everything under ``prefix`` with ``items``, in one transaction."""
-        columns = item_columns(items)
+        prefix = check_bound(prefix, "prefix")
+        columns = check_items(items)  # every key and value, before anything changes
         check_item_prefix(columns.keys, prefix)
         await self._run(self._replace_prefix, prefix, columns)
 
