@@ -1,8 +1,16 @@
 """Codecs that turn Python values into the bytes a backend stores, and back.
 
 * ``json`` (the default): msgspec's JSON. Human-readable, safe to read from anywhere.
-  Tuples come back as lists; datetimes as ISO strings.
+  Tuples come back as lists; datetimes, dates, times and UUIDs as ISO strings; bytes as
+  base64 strings. NaN and infinities have no JSON form: they raise SerializationFailed
+  (msgspec alone would write ``null`` and the value would come back as None).
 * ``msgpack``: msgspec's MessagePack. Compact and fast; ``bytes`` survive the round trip.
+
+Counters (``KeyValueStore.incr``) are stored as ASCII decimal whatever the codec, so every
+codec reads such bytes back as that ``int``: JSON naturally, MessagePack because its encoder
+never produces ASCII decimal (the ints 48..57, whose one-byte MessagePack form is the digit
+``"0"``..``"9"``, are written in their equally valid two-byte form), pickle because a
+protocol 2+ pickle never starts with a digit.
 * ``pickle``: any picklable Python object (datetimes, sets, custom classes). **Opt-in only.**
   Unpickling runs code chosen by whoever wrote the bytes: a pickle store is only as safe as
   everyone who can write to its backend. Give a ``signing_key`` and every payload is signed
@@ -14,11 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import pickle
 from typing import Any, Final, Protocol
 
 import msgspec
 
+from statekit.backends.base import COUNTER_PATTERN
 from statekit.errors import ConfigError, DeserializationFailed, SerializationFailed
 
 __all__ = [
@@ -32,13 +42,19 @@ __all__ = [
 
 SERIALIZER_NAMES: Final = ("json", "msgpack", "pickle")
 
-# Signed pickle payloads start with this tag, then the 32-byte HMAC, then the pickle.
-_SIGNED_PICKLE_TAG: Final = b"SKP1"
+# Signed pickle payloads start with this tag, then the 32-byte HMAC, then the pickle. The HMAC
+# covers the key as well (SKP2; SKP1 signed the payload alone, so a signed value copied to
+# another key verified there too, and is refused now).
+_SIGNED_PICKLE_TAG: Final = b"SKP2"
 _DIGEST_SIZE: Final = 32
 
 
 class Serializer(Protocol):
-    """Encodes values to bytes and back. ``key`` is only used in error messages."""
+    """Encodes values to bytes and back.
+
+    ``key`` is the full key in the backend (store prefix included): codecs use it in error
+    messages, and the signed pickle codec binds each payload to it.
+    """
 
     name: str
 
@@ -69,6 +85,8 @@ class _MsgspecSerializer:
         return data
 
     def decode(self, data: bytes, *, key: str | None = None) -> Any:
+        if COUNTER_PATTERN.fullmatch(data):
+            return int(data)  # a counter written by incr (see the module docstring)
         try:
             return self._decoder.decode(data)
         except msgspec.DecodeError as exc:
@@ -92,6 +110,18 @@ class JsonSerializer(_MsgspecSerializer):
     def __init__(self) -> None:
         super().__init__(msgspec.json.Encoder(), msgspec.json.Decoder())
 
+    def encode(self, value: Any, *, key: str | None = None) -> bytes:
+        data = super().encode(value, key=key)
+        # msgspec writes NaN and infinities as null. Only output holding a null can hide one,
+        # so only then is the value walked.
+        if b"null" in data and _has_non_finite_float(value):
+            raise SerializationFailed(
+                f"cannot encode the value for key {key!r} as JSON: it holds NaN or an infinity, which "
+                "JSON cannot represent (it would come back as None); use serializer='msgpack' or 'pickle'",
+                key=key,
+            )
+        return data
+
 
 class MsgpackSerializer(_MsgspecSerializer):
     """MessagePack through msgspec; ``bytes`` values round-trip."""
@@ -101,6 +131,14 @@ class MsgpackSerializer(_MsgspecSerializer):
 
     def __init__(self) -> None:
         super().__init__(msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder())
+
+    def encode(self, value: Any, *, key: str | None = None) -> bytes:
+        data = super().encode(value, key=key)
+        if len(data) == 1 and 0x30 <= data[0] <= 0x39:
+            # The ints 48..57 as one-byte fixints are the ASCII digits "0".."9", i.e. what a
+            # counter holding 0..9 looks like; write them as uint8 (0xcc, n) instead.
+            return b"\xcc" + data
+        return data
 
 
 class PickleSerializer:
@@ -133,10 +171,11 @@ class PickleSerializer:
             raise SerializationFailed(f"cannot pickle the value for key {key!r} ({exc})", key=key) from exc
         if self._signing_key is None:
             return payload
-        digest = hmac.new(self._signing_key, payload, hashlib.sha256).digest()
-        return _SIGNED_PICKLE_TAG + digest + payload
+        return _SIGNED_PICKLE_TAG + self._digest(key, payload) + payload
 
     def decode(self, data: bytes, *, key: str | None = None) -> Any:
+        if COUNTER_PATTERN.fullmatch(data):
+            return int(data)  # a counter written by incr, never a pickle (see the module docstring)
         if self._signing_key is not None:
             data = self._verified_payload(data, key)
         try:
@@ -156,14 +195,35 @@ class PickleSerializer:
             )
         digest = data[len(_SIGNED_PICKLE_TAG) : header_size]
         payload = data[header_size:]
-        expected = hmac.new(self._signing_key, payload, hashlib.sha256).digest()
-        if not hmac.compare_digest(digest, expected):
+        if not hmac.compare_digest(digest, self._digest(key, payload)):
             raise DeserializationFailed(
-                f"signature of the value for key {key!r} does not verify (tampered, or written "
-                "with another signing_key); refusing to unpickle it",
+                f"signature of the value for key {key!r} does not verify (tampered, copied from another "
+                "key, or written with another signing_key); refusing to unpickle it",
                 key=key,
             )
         return payload
+
+    def _digest(self, key: str | None, payload: bytes) -> bytes:
+        """HMAC-SHA256 over the key (length-prefixed, so key and payload cannot trade bytes) and payload."""
+        assert self._signing_key is not None
+        key_bytes = (key or "").encode("utf-8", "surrogatepass")
+        mac = hmac.new(self._signing_key, len(key_bytes).to_bytes(4, "big"), hashlib.sha256)
+        mac.update(key_bytes)
+        mac.update(payload)
+        return mac.digest()
+
+
+def _has_non_finite_float(value: Any, depth: int = 0) -> bool:
+    """Whether a float NaN or infinity hides anywhere inside ``value`` (dicts, lists, tuples)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if depth > 200:  # deeper than msgspec itself encodes
+        return False
+    if isinstance(value, dict):
+        return any(_has_non_finite_float(v, depth + 1) for v in value.values())
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_has_non_finite_float(v, depth + 1) for v in value)
+    return False
 
 
 def make_serializer(name: str, *, signing_key: bytes | str | None = None) -> Serializer:

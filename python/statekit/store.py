@@ -142,15 +142,16 @@ class KeyValueStore:
         Raises SerializationFailed (nothing written) when the serializer cannot encode ``value``.
         """
         full_key = self._full_key(key)
-        data = self._codec.encode(value, key=key)
+        data = self._codec.encode(value, key=full_key)
         await self._backend.put(full_key, data, self._ttl(ttl))
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value stored under ``key``, or ``default`` when it is missing or expired."""
-        data = await self._backend.get(self._full_key(key))
+        full_key = self._full_key(key)
+        data = await self._backend.get(full_key)
         if data is None:
             return default
-        return self._codec.decode(data, key=key)
+        return self._codec.decode(data, key=full_key)
 
     async def delete(self, key: str) -> bool:
         """Remove ``key``; True when it existed."""
@@ -168,7 +169,7 @@ class KeyValueStore:
     async def set_if_absent(self, key: str, value: Any, ttl: TTL | None = None) -> bool:
         """Store ``value`` only if ``key`` holds nothing live; True when it was stored. Atomic."""
         full_key = self._full_key(key)
-        data = self._codec.encode(value, key=key)
+        data = self._codec.encode(value, key=full_key)
         return await self._backend.set_if_not_exists(full_key, data, self._ttl(ttl))
 
     async def update(self, key: str, fn: Callable[[Any], Any], ttl: TTL | None = None) -> Any:
@@ -183,19 +184,20 @@ class KeyValueStore:
         backend, codec = self._backend, self._codec
         while True:
             raw = await backend.get(full_key)
-            current = None if raw is None else codec.decode(raw, key=key)
+            current = None if raw is None else codec.decode(raw, key=full_key)
             new = fn(current)
             if new is current:
                 return current
-            if await backend.compare_and_set(full_key, raw, codec.encode(new, key=key), self._ttl(ttl)):
+            if await backend.compare_and_set(full_key, raw, codec.encode(new, key=full_key), self._ttl(ttl)):
                 return new
 
     async def pop(self, key: str, default: Any = None) -> Any:
         """Atomically remove ``key`` and return its value (``default`` when missing)."""
-        data = await self._backend.get_and_delete(self._full_key(key))
+        full_key = self._full_key(key)
+        data = await self._backend.get_and_delete(full_key)
         if data is None:
             return default
-        return self._codec.decode(data, key=key)
+        return self._codec.decode(data, key=full_key)
 
     async def incr(self, key: str, amount: int = 1, ttl: TTL | None = None) -> int:
         """Atomically add ``amount`` to the counter ``key`` (missing counts as 0); return the new value.
@@ -225,7 +227,7 @@ class KeyValueStore:
         )
         cut = len(prefix)
         decode = self._codec.decode
-        return [(key[cut:], decode(data, key=key[cut:])) for key, data in rows]
+        return [(key[cut:], decode(data, key=key)) for key, data in rows]
 
     async def keys(self, prefix: str = "") -> list[str]:
         """Every live key starting with ``prefix``, sorted (without the store's key prefix)."""
@@ -241,16 +243,19 @@ class KeyValueStore:
         pairs = items.items() if isinstance(items, Mapping) else items
         encode = self._codec.encode
         full_key = self._full_key
-        encoded = [(full_key(key), encode(value, key=key)) for key, value in pairs]
+        full_keys_values = [(full_key(key), value) for key, value in pairs]
+        encoded = [(key, encode(value, key=key)) for key, value in full_keys_values]
         await self._backend.batch_put(encoded, self._ttl(ttl))
 
     async def get_many(self, keys: Sequence[str]) -> list[Any]:
         """Values aligned with ``keys``; None where a key is missing."""
-        keys = list(keys)
         full_key = self._full_key
-        raw = await self._backend.batch_get([full_key(key) for key in keys])
+        full_keys = [full_key(key) for key in keys]
+        raw = await self._backend.batch_get(full_keys)
         decode = self._codec.decode
-        return [None if data is None else decode(data, key=key) for key, data in zip(keys, raw, strict=True)]
+        return [
+            None if data is None else decode(data, key=key) for key, data in zip(full_keys, raw, strict=True)
+        ]
 
     async def delete_many(self, keys: Sequence[str]) -> int:
         """Remove every key; return how many existed."""

@@ -326,7 +326,7 @@ async def test_tampered_signed_pickle_is_never_unpickled(backend: StateBackend) 
     await backend.put("k", pickle.dumps(_Tripwire()))
     with pytest.raises(DeserializationFailed, match="signed"):
         await store.get("k")
-    forged = b"SKP1" + b"\x00" * 32 + pickle.dumps(_Tripwire())
+    forged = b"SKP2" + b"\x00" * 32 + pickle.dumps(_Tripwire())
     await backend.put("k", forged)
     with pytest.raises(DeserializationFailed, match="does not verify"):
         await store.get("k")
@@ -429,3 +429,53 @@ async def test_compare_and_set_on_the_backend(backend: StateBackend) -> None:
     assert await backend.compare_and_set("k", b"1", b"2")
     assert await backend.get("k") == b"2"
     assert await backend.list_keys("") == ["k"]
+
+
+async def test_a_signed_pickle_copied_to_another_key_is_refused(backend: StateBackend) -> None:
+    store = KeyValueStore(backend, serializer="pickle", signing_key=b"0123456789abcdef", key_prefix="a:")
+    await store.put("balance", {"cents": 10})
+    copied = await backend.get("a:balance")
+    assert copied is not None
+    await backend.put("a:other", copied)
+    with pytest.raises(DeserializationFailed, match="copied from another key"):
+        await store.get("other")
+    await backend.put("b:balance", copied)  # same key under another store prefix
+    other_store = KeyValueStore(
+        backend, serializer="pickle", signing_key=b"0123456789abcdef", key_prefix="b:"
+    )
+    with pytest.raises(DeserializationFailed):
+        await other_store.get("balance")
+    assert await store.get("balance") == {"cents": 10}
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack", "pickle"])
+@pytest.mark.parametrize("amount", [0, 4, 9, 10, -3, 57, 2**62])
+async def test_a_counter_reads_back_as_itself_with_every_serializer(
+    backend: StateBackend, serializer: str, amount: int
+) -> None:
+    store = KeyValueStore(backend, serializer=serializer, allow_unsigned_pickle=True)
+    await store.incr("c", amount)
+    assert await store.get("c") == amount
+    assert await store.get_counter("c") == amount
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+@pytest.mark.parametrize("value", list(range(40, 70)) + [-1, 0, 255, 2**40, -(2**40)])
+async def test_small_ints_are_not_mistaken_for_counters(
+    backend: StateBackend, serializer: str, value: int
+) -> None:
+    store = KeyValueStore(backend, serializer=serializer)
+    await store.put("n", value)
+    assert await store.get("n") == value
+    await store.put_many({"m": value})
+    assert await store.get_many(["m"]) == [value]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+async def test_json_refuses_nan_and_infinities(store: KeyValueStore, bad: float) -> None:
+    for value in (bad, [1.0, bad], {"a": {"b": (bad,)}}):
+        with pytest.raises(SerializationFailed, match="NaN or an infinity"):
+            await store.put("k", value)
+    assert not await store.exists("k")
+    await store.put("k", {"a": None, "b": [None, 1.5]})  # a real null is fine
+    assert await store.get("k") == {"a": None, "b": [None, 1.5]}

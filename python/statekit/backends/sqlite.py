@@ -65,6 +65,8 @@ DEFAULT_CLEANUP_INTERVAL: Final = 60.0
 SCHEMA_VERSION: Final = 1
 # Stay well under SQLite's host-parameter limit (32766 since 3.32) for IN (...) lists.
 _IN_CHUNK: Final = 500
+# SQLITE_BUSY and SQLITE_LOCKED (primary result codes).
+_BUSY_CODES: Final = frozenset({5, 6})
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -145,21 +147,20 @@ class SqliteStateBackend:
                 backend_type=self.backend_type,
                 path=self.path,
             ) from exc
+        deadline = time.monotonic() + timeout
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.durability.upper()}")
-            conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StorageError(
-                    f"SQLite database {self.path!r} has statekit schema version {version}, newer than "
-                    f"this statekit supports ({SCHEMA_VERSION}); upgrade statekit",
-                    backend_type=self.backend_type,
-                    path=self.path,
-                )
-            conn.executescript(
-                "BEGIN IMMEDIATE;" + _SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
-            )
+            while True:
+                try:
+                    self._set_up(conn, timeout)
+                    break
+                except sqlite3.OperationalError as exc:
+                    # Switching a new file to WAL returns SQLITE_BUSY at once, without the busy
+                    # handler, while another process does the same: wait for it like a lock.
+                    if exc.sqlite_errorcode & 0xFF not in _BUSY_CODES or time.monotonic() > deadline:
+                        raise
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    time.sleep(0.01)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StorageError(
@@ -172,6 +173,20 @@ class SqliteStateBackend:
             conn.close()
             raise
         return conn
+
+    def _set_up(self, conn: sqlite3.Connection, timeout: float) -> None:
+        conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.durability.upper()}")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"SQLite database {self.path!r} has statekit schema version {version}, newer than "
+                f"this statekit supports ({SCHEMA_VERSION}); upgrade statekit",
+                backend_type=self.backend_type,
+                path=self.path,
+            )
+        conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
 
     def _open_reader(self) -> sqlite3.Connection | None:
         """A read-only connection for inline point reads (None for ":memory:" databases,
