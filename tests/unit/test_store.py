@@ -460,7 +460,7 @@ async def test_a_counter_reads_back_as_itself_with_every_serializer(
 
 
 @pytest.mark.parametrize("serializer", ["json", "msgpack"])
-@pytest.mark.parametrize("value", list(range(40, 70)) + [-1, 0, 255, 2**40, -(2**40)])
+@pytest.mark.parametrize("value", [*range(40, 70), -1, 0, 255, 2**40, -(2**40)])
 async def test_small_ints_are_not_mistaken_for_counters(
     backend: StateBackend, serializer: str, value: int
 ) -> None:
