@@ -29,7 +29,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypedDict
 
 from statekit._factory import get_global_store
-from statekit.errors import ConfigError, CorruptData, InvalidKey
+from statekit.backends.base import check_bound
+from statekit.errors import ConfigError, CorruptData, InvalidKey, InvalidValue
 from statekit.store import TTL, KeyValueStore, ttl_seconds
 
 __all__ = [
@@ -61,6 +62,8 @@ DEFAULT_STATS_TTL: Final = timedelta(days=30)
 
 DEFAULT_STATE_ID: Final = "current"
 _NS_PER_SECOND: Final = 1_000_000_000
+#: One recorded duration at most (a year): totals of many stay far inside a 64-bit nanosecond counter.
+_MAX_RECORDED_SECONDS: Final = 365 * 86400.0
 
 
 class ErrorRecord(TypedDict):
@@ -93,7 +96,7 @@ def _iso(timestamp: float) -> str:
 def _check_name(value: object, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidKey(f"{what} must be a non-empty str, got {value!r} ({type(value).__name__})")
-    return value
+    return check_bound(value, what)  # no lone surrogates: every key built from it would be refused
 
 
 def _check_ttl(ttl: TTL | None, what: str) -> TTL | None:
@@ -214,6 +217,8 @@ class PersistenceManager:
         Raises:
             SerializationFailed: the state cannot be encoded; nothing was written.
         """
+        if not isinstance(state, Mapping):
+            raise InvalidValue(f"state must be a mapping (a dict), got {type(state).__name__}")
         record = dict(state)
         record["last_updated"] = _iso(self._clock())
         await self._store.put(self._state + _check_name(state_id, "state_id"), record, self.state_ttl)
@@ -272,6 +277,8 @@ class PersistenceManager:
 
     async def get_failed_items(self, max_retries: int = 3) -> list[ErrorRecord]:
         """Error records whose ``retry_count`` is below ``max_retries``, ordered by item id."""
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigError(f"max_retries must be an int >= 0, got {max_retries!r}")
         rows = await self._store.range_get(self._errors)
         failed: list[ErrorRecord] = []
         for key, record in rows:
@@ -526,6 +533,10 @@ class StateTracker:
             raise ConfigError(f"seconds must be a finite number, got {seconds!r}")
         if seconds < 0:
             raise ConfigError(f"seconds must be >= 0, got {seconds!r}; pass a duration, not a timestamp")
+        if seconds > _MAX_RECORDED_SECONDS:  # nanosecond totals are 64-bit counters
+            raise ConfigError(
+                f"seconds must be at most {_MAX_RECORDED_SECONDS:.0f} (a year), got {seconds!r}"
+            )
         ns = round(seconds * _NS_PER_SECOND)
         store = self._store
         await asyncio.gather(

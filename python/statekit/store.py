@@ -86,11 +86,15 @@ class KeyValueStore:
             raise ConfigError(f"key_prefix must be a str, got {type(key_prefix).__name__}")
         check_bound(key_prefix, "key_prefix")  # no lone surrogates: every key would be unstorable
         self._backend = backend
-        self._codec = (
-            make_serializer(serializer, signing_key=signing_key)
-            if isinstance(serializer, str)
-            else serializer
-        )
+        if isinstance(serializer, str):
+            self._codec = make_serializer(serializer, signing_key=signing_key)
+        elif callable(getattr(serializer, "encode", None)) and callable(getattr(serializer, "decode", None)):
+            self._codec = serializer
+        else:
+            raise ConfigError(
+                f"serializer must be 'json', 'msgpack', 'pickle' or an object with encode/decode, "
+                f"got {serializer!r}"
+            )
         self._prefix = key_prefix
         self._default_ttl = ttl_seconds(default_ttl, name="default_ttl")
         if isinstance(self._codec, PickleSerializer) and not self._codec.signed and backend.persistent:
