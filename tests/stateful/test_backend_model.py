@@ -9,6 +9,7 @@ reopened mid-run to check nothing committed is lost.
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import tempfile
 from collections.abc import Coroutine
@@ -19,7 +20,8 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from statekit.errors import StorageError
+from statekit.backends.base import RESERVED_KEY_PREFIX
+from statekit.errors import ConfigError, InvalidKey, StorageError
 from tests.conftest import BACKEND_FACTORIES, BackendFactory, FakeClock
 
 T = TypeVar("T")
@@ -29,6 +31,17 @@ keys = st.text(alphabet="ab:é\U0010ffff", min_size=1, max_size=4)
 values = st.binary(max_size=16)
 ttls = st.none() | st.sampled_from([1.0, 2.5, 10.0])
 limits = st.none() | st.integers(min_value=0, max_value=5)
+# What a caller may wrongly pass as a key: each must be refused before anything is written.
+bad_keys = st.sampled_from(["", b"", b"\xff", "a\udc80", 7, None, RESERVED_KEY_PREFIX + "index:}:lex"])
+bad_ttls = st.sampled_from([0, -1.0, float("nan"), float("inf"), 1e300])
+COUNTER = re.compile(rb"-?[0-9]{1,19}")
+
+
+def as_counter(raw: bytes) -> int | None:
+    """The model's reading of a stored counter (ASCII decimal, signed 64-bit), None if it is not one."""
+    if COUNTER.fullmatch(raw) and -(2**63) <= int(raw) < 2**63:
+        return int(raw)
+    return None
 
 
 def make_backend_machine(factory: BackendFactory) -> type[RuleBasedStateMachine]:
@@ -156,16 +169,37 @@ def make_backend_machine(factory: BackendFactory) -> type[RuleBasedStateMachine]
                 assert self.run(self.backend.incr_by(key, amount, ttl)) == amount
                 self.model[key] = (str(amount).encode(), self.expiry(ttl))
                 return
-            try:
-                number = int(current)
-            except ValueError:
+            number = as_counter(current)
+            if number is None:
                 try:
                     self.run(self.backend.incr_by(key, amount, ttl))
                 except StorageError:
                     return
-                raise AssertionError(f"incr_by on non-integer {current!r} did not raise") from None
+                raise AssertionError(f"incr_by on non-integer {current!r} did not raise")
             assert self.run(self.backend.incr_by(key, amount, ttl)) == number + amount
             self.model[key] = (str(number + amount).encode(), self.model[key][1])
+
+        @rule(pairs=st.lists(st.tuples(keys, values), max_size=4), bad=bad_keys, at=st.integers(0, 4))
+        def batch_put_with_one_bad_key(self, pairs: list[tuple[Any, bytes]], bad: Any, at: int) -> None:
+            batch = [*pairs[:at], (bad, b"x"), *pairs[at:]]
+            try:
+                self.run(self.backend.batch_put(batch))
+            except InvalidKey:
+                return  # and nothing of the batch was written: the other rules check the model
+            raise AssertionError(f"batch_put accepted the key {bad!r}")
+
+        @rule(key=keys, value=values, ttl=bad_ttls)
+        def put_with_bad_ttl(self, key: str, value: bytes, ttl: float) -> None:
+            try:
+                self.run(self.backend.put(key, value, ttl))
+            except ConfigError:
+                return
+            raise AssertionError(f"put accepted ttl={ttl!r}")
+
+        @rule(key=keys, value=values)
+        def put_bytes_key(self, key: str, value: bytes) -> None:
+            self.run(self.backend.put(key.encode(), value))  # the same key as the str
+            self.model[key] = (value, None)
 
         @rule(seconds=st.sampled_from([0.5, 1.0, 2.5, 7.0]))
         def advance_clock(self, seconds: float) -> None:
