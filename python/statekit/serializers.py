@@ -77,7 +77,7 @@ class _MsgspecSerializer:
     def encode(self, value: Any, *, key: str | None = None) -> bytes:
         try:
             data: bytes = self._encoder.encode(value)
-        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
             raise SerializationFailed(
                 f"cannot encode the value for key {key!r} as {self._format} ({exc}){self._encode_hint}",
                 key=key,
@@ -89,7 +89,7 @@ class _MsgspecSerializer:
             return int(data)  # a counter written by incr (see the module docstring)
         try:
             return self._decoder.decode(data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:  # deep nesting raises RecursionError
             raise DeserializationFailed(
                 f"stored bytes for key {key!r} are not valid {self._format} ({exc}); was the data "
                 "written with another serializer?",
