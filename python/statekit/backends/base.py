@@ -112,12 +112,12 @@ def check_keys(keys: Iterable[object]) -> list[str]:
     """
     checked: list[Any] = keys if type(keys) is list else list(keys)
     try:
-        # str.startswith raises TypeError on anything that is not a str: the slow path handles it.
-        reserved = any(map(str.startswith, checked, repeat(RESERVED_KEY_PREFIX)))
-        joined = "".join(checked)
+        joined = "".join(checked)  # TypeError on anything that is not a str: the slow path handles it
     except TypeError:
         return [check_key(key) for key in checked]
-    if reserved or "" in checked or not (joined.isascii() or _encodes(joined)):
+    # A key that starts with the reserved prefix puts it in the joined text (the converse may
+    # not hold: then the per-key path decides).
+    if RESERVED_KEY_PREFIX in joined or "" in checked or not (joined.isascii() or _encodes(joined)):
         return [check_key(key) for key in checked]
     return checked
 
@@ -149,7 +149,7 @@ def check_pairs(pairs: Iterable[tuple[object, object]]) -> list[tuple[str, bytes
     try:
         keys = list(map(itemgetter(0), items))
         values = list(map(itemgetter(1), items))
-        well_formed = all(len(item) == 2 for item in items)
+        well_formed = not items or set(map(len, items)) == {2}
     except (TypeError, IndexError, KeyError):
         well_formed = False
     if not well_formed:
