@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import stat
 import sys
 import threading
 import time
@@ -436,3 +437,15 @@ def test_validity_check_does_not_hang_on_a_fifo_swapped_in(tmp_path: Path) -> No
         thread.join(WAIT)
         assert not thread.is_alive(), "is_lock_file_valid() hung on a FIFO"
         assert result == [False]
+
+
+def test_device_at_lock_path_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "a.lock"
+    try:
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # what /dev/null is
+    except OSError as exc:
+        pytest.skip(f"cannot create a device node here: {exc}")
+    with pytest.raises(LockExistsError, match="is a device") as info:
+        FileLock(path).acquire()
+    assert info.value.held is False
+    assert path.is_char_device()
