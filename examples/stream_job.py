@@ -73,8 +73,13 @@ including batches redone after a crash") and the summary says so next to the exa
 Checkpoints
 -----------
 While it runs, a :class:`~statekit.checkpoint.CheckpointCoordinator` writes a checkpoint of the
-committed state every ``--checkpoint-interval`` seconds (2 by default) into
-``<state-dir>/checkpoints`` (the newest 5 are kept), and a final one when the run ends.
+committed state into ``<state-dir>/checkpoints`` (the newest 5 are kept) after every
+``--checkpoint-every`` committed batches of the run (5 by default), every
+``--checkpoint-interval`` seconds (2 by default; a time-based safety net for slow batches),
+and a final one when the run ends. The batch-based ones make the demo repeatable: with the
+defaults, a crash after 400,000 events (20 batches) always leaves the checkpoints taken after
+batches 5, 10 and 15, whatever the speed of the machine, and the crash message names the
+newest one.
 When a run starts on an unfinished stream (a crash, a lost lock, or a store that was lost and
 starts empty) and checkpoints exist, the job first restores the newest one that verifies (a
 corrupt one is kept aside as ``*.corrupt`` and the next older one is tried), then resumes from
@@ -95,9 +100,9 @@ the restored run, and failure-log lines at or past the restored offset are dropp
 written again when their batches are redone).
 
 ``--no-checkpoints`` turns checkpoints off. A ``memory://`` store takes none unless
-``--checkpoint-interval`` is given; they are then its only way to survive a restart, so they
-hold the whole store, tracker included. A Redis store takes none, since a Redis snapshot taken
-while the job commits is not point in time.
+``--checkpoint-interval`` or ``--checkpoint-every`` is given; they are then its only way to
+survive a restart, so they hold the whole store, tracker included. A Redis store takes none,
+since a Redis snapshot taken while the job commits is not point in time.
 """
 
 from __future__ import annotations
@@ -187,8 +192,9 @@ LOCK_FILE: Final = "stream_job.lock"
 RUN_STATE_FILE: Final = "run_state.json"
 FAILURE_LOG_FILE: Final = "failures.log"
 CHECKPOINT_DIR: Final = "checkpoints"
-#: Seconds between checkpoints by default, and how many are kept.
+#: Seconds between checkpoints by default, committed batches between them, and how many are kept.
 DEFAULT_CHECKPOINT_INTERVAL: Final = 2.0
+DEFAULT_CHECKPOINT_EVERY: Final = 5
 MAX_CHECKPOINTS: Final = 5
 
 #: Failing events per 10,000 by default (0.05 %).
@@ -581,7 +587,32 @@ async def restore_checkpoint(coordinator: CheckpointCoordinator, committed: Comm
     return restored
 
 
-def checkpoint_summary(coordinator: CheckpointCoordinator | None, off: str) -> str:
+class BatchCheckpoints:
+    """A checkpoint after every ``every`` batches committed by this run.
+
+    Taken between two commits, so it is the state after a whole batch; unlike the periodic
+    ones, where they fall does not depend on how fast the machine is.
+    """
+
+    def __init__(self, coordinator: CheckpointCoordinator, every: int) -> None:
+        self.coordinator = coordinator
+        self.every = every
+        self.committed = 0  # batches committed by this run
+        #: ``(id, offset)`` of the newest checkpoint this object took.
+        self.newest: tuple[str, int] | None = None
+
+    async def after_commit(self, committed: Committed, params: JobParams) -> None:
+        self.committed += 1
+        # The last batch is left to the final checkpoint, which follows at once.
+        if self.committed % self.every or committed.offset >= params.events:
+            return
+        try:
+            self.newest = (await self.coordinator.create_checkpoint(), committed.offset)
+        except CheckpointFailed as exc:  # counted in the stats; the committed state is unharmed
+            print(f"warning: a checkpoint failed: {exc}", file=sys.stderr, flush=True)
+
+
+def checkpoint_summary(coordinator: CheckpointCoordinator | None, off: str, every: int) -> str:
     """One line of the coordinator's stats (``off``: why there are no checkpoints)."""
     if coordinator is None:
         return f"checkpoints: off ({off})"
@@ -594,7 +625,8 @@ def checkpoint_summary(coordinator: CheckpointCoordinator | None, off: str) -> s
             + f" UTC took {stats.last_checkpoint_duration_ms:.1f} ms"
         )
     return (
-        f"checkpoints in {coordinator.checkpoint_dir} (every {coordinator.interval:g} s, newest "
+        f"checkpoints in {coordinator.checkpoint_dir} (every {every:,} batches and every "
+        f"{coordinator.interval:g} s, newest "
         f"{coordinator.options.max_checkpoints} kept): created {stats.checkpoints_created}, failures "
         f"{stats.checkpoint_failures}, restores {stats.restores}, restore failures {stats.restore_failures}; "
         f"{last}; {stats.total_bytes_checkpointed / 1e6:,.1f} MB written in all"
@@ -710,13 +742,19 @@ class Bookkeeping:
             self.watch.check()
 
 
-def crash_now(offset: int, stop: int, *, computed: int, seconds: float) -> None:
+def crash_now(
+    offset: int, stop: int, *, computed: int, seconds: float, checkpoint: tuple[str, int] | None
+) -> None:
     """Die like a killed process: no ``finally`` blocks, no store close, no lock release."""
+    if checkpoint is not None:
+        newest = f"; the newest checkpoint of this run is {checkpoint[0]} (offset {checkpoint[1]:,})"
+    else:
+        newest = "; this run took no batch checkpoint"
     print(
         f"simulating a crash after computing {computed:,} events in {seconds:.2f} s "
         f"({computed / seconds:,.0f} events/s): batch [{offset:,}, {stop:,}) has its failure records "
         f"written but is not committed; exiting hard with code {CRASH_EXIT_CODE}, the last commit is "
-        f"offset {offset:,}",
+        f"offset {offset:,}{newest}",
         flush=True,
     )
     sys.stderr.flush()
@@ -732,6 +770,7 @@ async def process(
     batch_size: int,
     crash_after: int | None,
     progress: bool,
+    checkpoints: BatchCheckpoints | None = None,
 ) -> Committed:
     """Consume events ``[committed.offset, params.events)`` in batches; return the last commit."""
     start = committed.offset
@@ -770,7 +809,13 @@ async def process(
                 # real crash may leave the file one run behind: the next start catches it up).
                 await book.settle()
                 # The worst moment: the batch's work is done but not committed.
-                crash_now(offset, stop, computed=stop - start, seconds=time.perf_counter() - began)
+                crash_now(
+                    offset,
+                    stop,
+                    computed=stop - start,
+                    seconds=time.perf_counter() - began,
+                    checkpoint=checkpoints.newest if checkpoints is not None else None,
+                )
             book.check_lock()
             # 5. Commit aggregates and offset together: one put_many, one transaction.
             t3 = time.perf_counter()
@@ -779,6 +824,8 @@ async def process(
             # 6. Then the human-facing watermarks and the commit's timing.
             await book.after_commit(batch.run, put=time.perf_counter() - t3)
             bar.update(stop - offset)
+            if checkpoints is not None:
+                await checkpoints.after_commit(batch, params)
             # 7. Let the other tasks run (the periodic checkpoints): a store that answers without
             # suspending, like memory://, would otherwise never hand the event loop over.
             await asyncio.sleep(0)
@@ -1020,7 +1067,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=_seconds,
         metavar="SECONDS",
         help=f"seconds between checkpoints into <state-dir>/{CHECKPOINT_DIR} (default "
-        f"{DEFAULT_CHECKPOINT_INTERVAL:g}; a memory:// store takes checkpoints only when this is given)",
+        f"{DEFAULT_CHECKPOINT_INTERVAL:g}; a memory:// store takes checkpoints only when this or "
+        "--checkpoint-every is given)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        metavar="BATCHES",
+        help=f"also a checkpoint after every BATCHES batches committed by this run (default "
+        f"{DEFAULT_CHECKPOINT_EVERY})",
     )
     parser.add_argument("--no-checkpoints", action="store_true", help="take no checkpoints and restore none")
     parser.add_argument(
@@ -1030,6 +1085,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.no_checkpoints and args.checkpoint_interval is not None:
         parser.error("--checkpoint-interval and --no-checkpoints exclude each other")
+    if args.no_checkpoints and args.checkpoint_every is not None:
+        parser.error("--checkpoint-every and --no-checkpoints exclude each other")
     if args.keys > MAX_KEYS:
         parser.error(f"--keys must be at most {MAX_KEYS}")
     if -(-args.events // (args.window_seconds * 1000)) > MAX_WINDOWS:
@@ -1087,8 +1144,10 @@ def checkpoint_coordinator(
     backend_type = store.backend.backend_type
     if backend_type == "redis":
         return None, "a Redis snapshot taken while the job commits is not point in time"
-    if not store.backend.persistent and args.checkpoint_interval is None:
-        return None, f"a {backend_type} store takes checkpoints only with --checkpoint-interval"
+    if not store.backend.persistent and args.checkpoint_interval is None and args.checkpoint_every is None:
+        return None, (
+            f"a {backend_type} store takes checkpoints only with --checkpoint-interval or --checkpoint-every"
+        )
     interval = args.checkpoint_interval or DEFAULT_CHECKPOINT_INTERVAL
     options = CheckpointOptions(
         args.state_dir.resolve() / CHECKPOINT_DIR, max_checkpoints=MAX_CHECKPOINTS, min_interval=0
@@ -1171,6 +1230,7 @@ async def run_locked(
     tracker = await create_state_tracker(JOB_NAME, side, ttl=None)
     errors = await create_persistence_manager(ERRORS_NAME, side, error_ttl=None)
     book = Bookkeeping(params, tracker, errors, files, watch)
+    every: int = args.checkpoint_every or DEFAULT_CHECKPOINT_EVERY
     processing_began = time.perf_counter()
     async with checkpointing(coordinator):
         try:
@@ -1182,6 +1242,7 @@ async def run_locked(
                 batch_size=args.batch_size,
                 crash_after=args.crash_after,
                 progress=not args.no_progress and sys.stderr.isatty(),
+                checkpoints=BatchCheckpoints(coordinator, every) if coordinator is not None else None,
             )
         finally:
             await book.settle()  # the last run-state update lands before the lock is let go, however we stop
@@ -1213,7 +1274,7 @@ async def run_locked(
             f"failed events: the offset record's count, the error records{log} all list the {check.failed:,}"
         )
     print("\n".join(summary))
-    print(checkpoint_summary(coordinator, checkpoints_off))
+    print(checkpoint_summary(coordinator, checkpoints_off, every))
     print(
         f"this run: {processed:,} events processed at {rate:,.0f} events/s; wall time {wall:.2f} s "
         "(processing + verification)"
@@ -1234,12 +1295,12 @@ async def run_locked(
 
 
 def _lock_held_elsewhere(exc: LockExistsError) -> bool:
-    """Whether a LockExistsError means "another holder" rather than "cannot open or write the file".
+    """Whether a LockExistsError means "another holder" rather than "cannot take it at all".
 
-    FileLock raises LockExistsError for both; only a refused ``flock`` (BlockingIOError) or
-    another FileLock of this process (no cause) is contention.
+    FileLock raises LockExistsError for both and says which in ``held``: False when the lock
+    file cannot be opened or written, or the path holds something that is not a lock file.
     """
-    return exc.__cause__ is None or isinstance(exc.__cause__, BlockingIOError)
+    return exc.held
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,14 +14,30 @@ Guarantees beyond the plain read/compute/write:
 
 * :func:`write_state` is atomic and durable (temporary file in the same directory, fsync,
   rename, fsync of the directory): a crash leaves the old state or the new, never a torn file.
-* A corrupt state file is never overwritten: :func:`read_state` moves it aside to
-  ``<name>.corrupt-<UTC timestamp>``, logs a warning and returns ``{}``.
+* A corrupt state file is never overwritten: every function here moves it aside to
+  ``<name>.corrupt-<UTC timestamp>`` (a rename, so its bytes are kept exactly), logs a warning
+  naming that file and the reason, and goes on from an empty state. *Corrupt* means anything
+  that is not a valid run-state file: larger than :data:`MAX_STATE_FILE_BYTES`, not UTF-8,
+  not strict JSON (``NaN``, ``Infinity``, numbers out of range, integers over 4,300 digits,
+  a key given twice), nested deeper than :data:`MAX_STATE_DEPTH` levels, not a JSON object,
+  or a watermark that is not an integer run number in ``0 .. 2**63 - 1`` (a string, a bool,
+  a float, a negative number). :func:`write_state` refuses to write such a state, so a file
+  it wrote always reads back. If the file cannot be moved aside, the update functions raise
+  :class:`~statekit.errors.StorageError` rather than overwrite it.
 * The update functions hold an exclusive ``flock`` on the state file's directory while they
   read, compute and write, so updates from several processes are never lost. The watermark
   arithmetic runs in Rust (``statekit._native``), so millions of run numbers take well under
   a second.
 * :func:`append_to_failure_log` appends from several processes never interleave: each call
   writes its lines with one ``O_APPEND`` write under an exclusive ``flock``.
+* A run-records file or failure log must be UTF-8 text of at most
+  :data:`MAX_RUN_RECORDS_BYTES`: :func:`parse_run_records_from_file` raises
+  :class:`~statekit.errors.CorruptData` for anything else (binary data, invalid UTF-8, NUL
+  bytes, too large), and :func:`write_failure_log` refuses to replace such a file, so a data
+  file given as a failure log by mistake is never lost.
+* Only regular files are read: a FIFO or device at one of these paths raises
+  :class:`~statekit.errors.StorageError` (or is logged by :func:`read_state`) instead of
+  blocking forever.
 
 Everything here is synchronous, as run-state files are used from plain scripts and CLIs.
 """
@@ -29,11 +45,14 @@ Everything here is synchronous, as run-state files are used from plain scripts a
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +63,9 @@ from statekit._utils.atomic import atomic_write_bytes, fsync_directory
 from statekit.errors import CorruptData, StorageError
 
 __all__ = [
+    "MAX_RUN_RECORDS_BYTES",
+    "MAX_STATE_DEPTH",
+    "MAX_STATE_FILE_BYTES",
     "append_to_failure_log",
     "get_incremental_start_run",
     "parse_run_records_from_file",
@@ -62,7 +84,19 @@ TIMESTAMP: Final = "timestamp"
 
 _I64_MIN: Final = -(2**63)
 _I64_MAX: Final = 2**63 - 1
-_RUN_LINE: Final = re.compile(r"[+-]?[0-9]+")
+_RUN_LINE: Final = re.compile(r"[+-]?[0-9]{1,19}")  # longer cannot be a 64-bit run; int() stays cheap
+
+#: A run-state file holds two watermarks and a few fields: anything larger is not one, and
+#: reading it must not cost unbounded memory.
+MAX_STATE_FILE_BYTES: Final = 4 * 1024 * 1024
+#: JSON nesting a run-state file may have (the top-level object is level 1).
+MAX_STATE_DEPTH: Final = 64
+#: Largest run-records file / failure log read (about 8 million run lines).
+MAX_RUN_RECORDS_BYTES: Final = 64 * 1024 * 1024
+# Longest JSON integer accepted: CPython's default int/str limit, fixed here so the verdict on a
+# file never depends on the interpreter's sys.set_int_max_str_digits setting.
+_MAX_INT_DIGITS: Final = 4300
+_OPEN_FLAGS: Final = os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)  # a FIFO must not block open()
 
 PathLike = str | os.PathLike[str]
 
@@ -78,9 +112,9 @@ def read_state(state_file: PathLike) -> dict[str, Any]:
 
     Returns:
         The JSON object in the file, or ``{}`` when the file does not exist, cannot be read
-        (logged as an error) or is corrupt. A corrupt file (not UTF-8 JSON, or not a JSON
-        object) is first moved aside to ``<name>.corrupt-<timestamp>`` next to it, with a
-        warning, so its content is never lost.
+        or is not a regular file (logged as an error), or is corrupt (see the module
+        docstring). A corrupt file is first moved aside to ``<name>.corrupt-<timestamp>``
+        next to it, with a warning, so its content is never lost.
 
     Example::
 
@@ -96,18 +130,20 @@ def write_state(state_file: PathLike, state: dict[str, Any]) -> bool:
 
     Args:
         state_file: path to the JSON state file.
-        state: a JSON-serialisable dict.
+        state: a JSON-serialisable dict that reads back as a valid run-state (watermarks, when
+            present, are ints in ``0 .. 2**63 - 1``; no NaN or infinity; within the size and
+            depth limits).
 
     Returns:
-        True when the new state is on disk. False when it could not be written (the reason is
-        logged as an error); the previous file, if any, is then left untouched and no
-        temporary file remains.
+        True when the new state is on disk. False when it could not be written or is not a
+        valid run-state (the reason is logged as an error); the previous file, if any, is
+        then left untouched and no temporary file remains.
     """
     path = Path(state_file)
     try:
         data = _encode_state(state)
     except (TypeError, ValueError) as exc:
-        logger.error("cannot write state file %s: the state is not JSON-serialisable (%s)", path, exc)
+        logger.error("cannot write state file %s: %s", path, exc)
         return False
     try:
         atomic_write_bytes(path, data)
@@ -134,9 +170,10 @@ def update_contiguous_run_state(state_file: PathLike, successful_runs: Iterable[
         state_file: path to the JSON state file.
         successful_runs: run numbers (ints) that succeeded.
 
+    A corrupt state file is moved aside (never overwritten) and counts as empty.
+
     Raises:
-        CorruptData: the file's ``last_contiguous_run`` is not an integer.
-        StorageError: the new state could not be written.
+        StorageError: the state file could not be read, moved aside or written.
 
     Example::
 
@@ -160,9 +197,10 @@ def update_attempted_run_state(state_file: PathLike, attempted_runs: Iterable[in
         state_file: path to the JSON state file.
         attempted_runs: run numbers (ints) attempted, successfully or not.
 
+    A corrupt state file is moved aside (never overwritten) and counts as empty.
+
     Raises:
-        CorruptData: the file's ``last_attempted_run`` is not an integer.
-        StorageError: the new state could not be written.
+        StorageError: the state file could not be read, moved aside or written.
     """
     runs = _as_run_list(attempted_runs, "attempted_runs")
     _update_watermark(
@@ -173,10 +211,7 @@ def update_attempted_run_state(state_file: PathLike, attempted_runs: Iterable[in
 def get_incremental_start_run(state_file: PathLike) -> int:
     """The run an incremental pass starts from: ``max(last_contiguous_run, last_attempted_run)``.
 
-    Missing fields count as 0, so a missing state file gives 0.
-
-    Raises:
-        CorruptData: a watermark in the file is not an integer.
+    Missing fields count as 0, so a missing (or corrupt, hence moved aside) state file gives 0.
     """
     path = Path(state_file)
     state = read_state(path)
@@ -193,11 +228,16 @@ def parse_run_records_from_file(run_records_file: PathLike) -> list[int]:
     warning that names the first of them. A missing file gives ``[]``.
 
     Raises:
-        StorageError: the file exists but cannot be read.
+        StorageError: the file exists but cannot be read, or is not a regular file.
+        CorruptData: the file is not text (invalid UTF-8 or NUL bytes) or is larger than
+            :data:`MAX_RUN_RECORDS_BYTES`; the file is left untouched.
     """
     path = Path(run_records_file)
+    raw: bytes | None
     try:
-        raw = path.read_bytes()
+        raw = _read_regular_file(path, MAX_RUN_RECORDS_BYTES)
+    except _TooLarge:
+        raw = None
     except FileNotFoundError:
         logger.debug("run records file %s does not exist; no runs", path)
         return []
@@ -206,9 +246,10 @@ def parse_run_records_from_file(run_records_file: PathLike) -> list[int]:
             f"cannot read run records file {str(path)!r}: {exc}; check its permissions",
             path=str(path),
         ) from exc
+    text_content = _run_records_text(path, raw, "run records file")
     runs: list[int] = []
     invalid: list[tuple[int, str]] = []
-    for lineno, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+    for lineno, line in enumerate(text_content.splitlines(), start=1):
         text = line.strip()
         if not text:
             continue
@@ -268,16 +309,25 @@ def write_failure_log(failure_log: PathLike, failed_runs: Iterable[int]) -> None
 
     The file is replaced atomically (never half-written), while holding the log's ``flock``
     so that concurrent :func:`append_to_failure_log` calls land either before the
-    replacement (and are overwritten, as asked) or in the new file.
+    replacement (and are overwritten, as asked) or in the new file. An existing file that is
+    not a failure log (not UTF-8 text, or larger than :data:`MAX_RUN_RECORDS_BYTES`) is not
+    replaced.
 
     Raises:
         StorageError: the log could not be written; its previous content is untouched.
+        CorruptData: the existing file is not a failure log; it is left untouched.
     """
     count, payload = _format_runs(failed_runs, "failed_runs")
     path = Path(failure_log)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _locked_log(path, os.O_RDONLY | os.O_CREAT):
+        with _locked_log(path, os.O_RDONLY | os.O_CREAT) as fd:
+            # What we replace must be a failure log: a data file given by mistake is kept.
+            try:
+                existing: bytes | None = _read_fd(fd, MAX_RUN_RECORDS_BYTES)
+            except _TooLarge:
+                existing = None
+            _run_records_text(path, existing, "failure log")
             atomic_write_bytes(path, payload)
     except OSError as exc:
         raise StorageError(
@@ -309,9 +359,26 @@ def _format_runs(runs: Iterable[int], what: str) -> tuple[int, bytes]:
 
 
 def _encode_state(state: dict[str, Any]) -> bytes:
+    """The file content for ``state``; ValueError/TypeError when it would not read back as valid."""
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict, got {type(state).__name__}")
-    return (json.dumps(state, indent=2, allow_nan=False) + "\n").encode("utf-8")
+    try:
+        data = (json.dumps(state, indent=2, allow_nan=False) + "\n").encode("utf-8")
+    except RecursionError as exc:
+        raise ValueError(f"the state is nested too deeply ({exc})") from exc
+    except TypeError as exc:
+        raise TypeError(f"the state is not JSON-serialisable ({exc})") from exc
+    except ValueError as exc:
+        raise ValueError(f"the state is not JSON-serialisable ({exc})") from exc
+    # Never write a file that a later read would judge corrupt and move aside.
+    if len(data) > MAX_STATE_FILE_BYTES:
+        raise ValueError(
+            f"the state would be larger than {MAX_STATE_FILE_BYTES} bytes, the most a state file may hold"
+        )
+    _, problem = _decode_state(data)
+    if problem:
+        raise ValueError(f"the state would not read back as a valid run-state file: {problem}")
+    return data
 
 
 def _now_iso() -> str:
@@ -320,12 +387,18 @@ def _now_iso() -> str:
 
 def _watermark(state: dict[str, Any], field: str, path: Path) -> int:
     value = state.get(field, 0)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise CorruptData(
-            f"state file {str(path)!r} has {field}={value!r}, which is not an integer run number; "
-            f"fix or remove that field"
-        )
+    if _watermark_problem(field, value) or not isinstance(value, int):
+        # Unreachable for a dict from _load_state, which moves such a file aside.
+        raise CorruptData(f"state file {str(path)!r}: {_watermark_problem(field, value)}; fix that field")
     return value
+
+
+def _watermark_problem(field: str, value: object) -> str:
+    """Why ``value`` is not a valid watermark ('' when it is)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _I64_MAX:
+        shown = repr(value) if not isinstance(value, int) or value.bit_length() < 128 else "a huge integer"
+        return f"{field}={shown[:60]} is not an integer run number in 0 .. 2**63 - 1"
+    return ""
 
 
 def _update_watermark(path: Path, field: str, compute: Callable[[int], int]) -> None:
@@ -340,7 +413,14 @@ def _update_watermark(path: Path, field: str, compute: Callable[[int], int]) -> 
         state[field] = new
         state[TIMESTAMP] = _now_iso()
         try:
-            atomic_write_bytes(path, _encode_state(state))
+            data = _encode_state(state)
+        except (TypeError, ValueError) as exc:  # e.g. the new timestamp pushes it past the size limit
+            raise StorageError(
+                f"cannot write state file {str(path)!r} ({field} {current} -> {new}): {exc}",
+                path=str(path),
+            ) from exc
+        try:
+            atomic_write_bytes(path, data)
         except OSError as exc:
             raise StorageError(
                 f"cannot write state file {str(path)!r} ({field} {current} -> {new}): {exc}; check that "
@@ -354,10 +434,13 @@ def _load_state(path: Path, *, dir_locked: bool, strict: bool = False) -> dict[s
     """The state in ``path``; None when missing or corrupt (a corrupt file is moved aside).
 
     An unreadable file gives None with an error logged, or, with ``strict`` (the update
-    functions, which must not replace a file they could not read), a StorageError.
+    functions, which must not replace a file they could not read or move aside), a StorageError.
     """
+    raw: bytes | None
     try:
-        raw = path.read_bytes()
+        raw = _read_regular_file(path, MAX_STATE_FILE_BYTES)
+    except _TooLarge:
+        raw = None
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -368,26 +451,154 @@ def _load_state(path: Path, *, dir_locked: bool, strict: bool = False) -> dict[s
             ) from exc
         logger.error("cannot read state file %s: %s; check its permissions", path, exc)
         return None
-    state = _decode_state(raw)
+    if raw is None:
+        state, problem = None, f"larger than {MAX_STATE_FILE_BYTES} bytes"
+    else:
+        state, problem = _decode_state(raw)
     if state is not None:
         return state
     if dir_locked:
-        _move_aside(path, raw)
+        _move_aside(path, problem, strict=strict)
         return None
     # Re-check under the directory lock: a concurrent writer may have replaced the file already.
     with _directory_lock(path.parent):
-        return _load_state(path, dir_locked=True)
+        return _load_state(path, dir_locked=True, strict=strict)
 
 
-def _decode_state(raw: bytes) -> dict[str, Any] | None:
+def _decode_state(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """``(state, "")`` for a valid run-state file's bytes, else ``(None, why it is corrupt)``.
+
+    Strict and bounded: whatever the bytes, only ``(None, reason)`` comes back, never an
+    exception (size is checked by the caller, nesting here and by the recursion guard).
+    """
     try:
-        value = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"not UTF-8 (byte {exc.start})"
+    try:
+        value = json.loads(
+            text,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+            parse_int=_bounded_int,
+            object_pairs_hook=_unique_keys,
+        )
+    except RecursionError:
+        return None, f"nested deeper than {MAX_STATE_DEPTH} levels"
+    except ValueError as exc:  # JSONDecodeError and our hooks' refusals
+        return None, f"not valid JSON ({str(exc)[:200]})"
+    if not isinstance(value, dict):
+        return None, f"not a JSON object (a JSON {type(value).__name__})"
+    if _depth(value) > MAX_STATE_DEPTH:
+        return None, f"nested deeper than {MAX_STATE_DEPTH} levels"
+    for field in (LAST_CONTIGUOUS, LAST_ATTEMPTED):
+        if field in value:
+            problem = _watermark_problem(field, value[field])
+            if problem:
+                return None, problem
+    return value, ""
 
 
-def _move_aside(path: Path, raw: bytes) -> None:
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf, which JSON cannot hold
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text)} digits is too long")
+    return int(text)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in value:  # which of the two values was meant is unknown: keep the file as it is
+            raise ValueError(f"key {key[:60]!r} appears twice")
+        value[key] = item
+    return value
+
+
+def _depth(value: object) -> int:
+    """Nesting depth of a decoded JSON value, without recursion (a scalar is 0)."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            children: Iterable[object] = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_STATE_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+class _TooLarge(Exception):
+    """A file is larger than the limit its reader accepts (never read whole)."""
+
+
+def _read_regular_file(path: Path, limit: int) -> bytes:
+    """The content of ``path``, read only when it is a regular file of at most ``limit`` bytes.
+
+    Raises FileNotFoundError when missing, OSError when unreadable or not a regular file (a
+    FIFO or device is refused without blocking), _TooLarge above ``limit``.
+    """
+    fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return _read_fd(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def _read_fd(fd: int, limit: int) -> bytes:
+    """A regular file's content; _TooLarge when it is (or grows while read) over ``limit`` bytes."""
+    if os.fstat(fd).st_size > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    offset = 0
+    while offset <= limit:
+        chunk = os.pread(fd, min(limit + 1 - offset, 1 << 20), offset)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        offset += len(chunk)
+    raise _TooLarge
+
+
+def _run_records_text(path: Path, raw: bytes | None, what: str) -> str:
+    """``raw`` as text; CorruptData when it is not run records (None: too large; binary; not UTF-8)."""
+    if raw is None:
+        problem = f"larger than {MAX_RUN_RECORDS_BYTES} bytes"
+    else:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problem = f"not UTF-8 text (invalid byte at offset {exc.start})"
+        else:
+            nul = text.find("\0")
+            if nul < 0:
+                return text
+            problem = f"binary, not text (a NUL byte at offset {len(text[:nul].encode())})"
+    raise CorruptData(
+        f"{what} {str(path)!r} is {problem}; it was left untouched. A {what} holds one run number per "
+        "line: check that the path is right, then fix or move that file"
+    )
+
+
+def _move_aside(path: Path, problem: str, *, strict: bool) -> None:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     suffix = 1
@@ -396,22 +607,30 @@ def _move_aside(path: Path, raw: bytes) -> None:
         suffix += 1
     try:
         os.rename(path, aside)
-        fsync_directory(path.parent)
     except OSError as exc:
+        if strict:  # the caller would write next: it must not replace a file we could not keep
+            raise StorageError(
+                f"state file {str(path)!r} is corrupt ({problem}) and could not be moved aside to "
+                f"{str(aside)!r}: {exc}; it was left untouched. Move it away by hand, then run again",
+                path=str(path),
+            ) from exc
         logger.error(
-            "state file %s is corrupt (%d bytes) and could not be moved aside to %s: %s; treating it as "
-            "empty, but the next write will replace it; copy it away by hand if its content matters",
+            "state file %s is corrupt (%s) and could not be moved aside to %s: %s; treating it as empty. "
+            "Move it away by hand (the update functions will not overwrite it)",
             path,
-            len(raw),
+            problem,
             aside,
             exc,
         )
         return
+    try:
+        fsync_directory(path.parent)
+    except OSError as exc:  # the rename happened; only its durability is in doubt
+        logger.error("cannot fsync directory %s after moving %s aside: %s", path.parent, path, exc)
     logger.warning(
-        "state file %s is corrupt (%d bytes, not a JSON object); kept it as %s and started from an empty "
-        "state",
+        "state file %s is corrupt (%s); kept it as %s and started from an empty state",
         path,
-        len(raw),
+        problem,
         aside,
     )
 
@@ -444,8 +663,10 @@ def _locked_log(path: Path, flags: int) -> Iterator[int]:
     reopen if it was replaced meanwhile.
     """
     while True:
-        fd = os.open(path, flags, 0o666)
+        fd = os.open(path, flags | _OPEN_FLAGS, 0o666)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device: refuse, never block on it
+                raise OSError(errno.EINVAL, "not a regular file")
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 current = os.stat(path)

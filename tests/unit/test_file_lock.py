@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import stat
 import sys
 import threading
 import time
@@ -307,3 +308,144 @@ def test_monitor_requires_a_held_lock_and_a_positive_interval(tmp_path: Path) ->
         lock.start_monitor()
     with lock, pytest.raises(ValueError, match="positive"):
         lock.start_monitor(interval=0)
+
+
+# -- what is at the lock path -------------------------------------------------------------
+
+DATA = b"precious data, not a lock\n" * 10
+
+
+def test_symlink_at_lock_path_is_refused_and_its_target_kept(tmp_path: Path) -> None:
+    data = tmp_path / "data.csv"
+    data.write_bytes(DATA)
+    path = tmp_path / "a.lock"
+    path.symlink_to(data)
+    with pytest.raises(LockExistsError, match="symbolic link") as info:
+        FileLock(path).acquire()
+    assert info.value.held is False
+    assert data.read_bytes() == DATA
+    assert path.is_symlink()
+
+
+def test_dangling_symlink_at_lock_path_is_refused_and_nothing_created(tmp_path: Path) -> None:
+    path = tmp_path / "a.lock"
+    path.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(LockExistsError, match="symbolic link") as info:
+        FileLock(path).acquire()
+    assert info.value.held is False
+    assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [DATA, b"1234 is not alone\n", b"12\n34\n", b"\x00\x00", b"9" * 200, b"-5\n"],
+    ids=["text", "pid-and-words", "two-lines", "nul", "too-long", "negative"],
+)
+def test_existing_data_file_as_lock_path_is_refused_and_kept(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "data.csv"
+    path.write_bytes(content)
+    lock = FileLock(path)
+    with pytest.raises(LockExistsError, match="not a lock file") as info:
+        lock.acquire()
+    assert info.value.held is False
+    assert not lock.locked
+    assert path.read_bytes() == content
+    with pytest.raises(LockExistsError, match="not a lock file"):  # nothing left registered or locked
+        lock.acquire()
+
+
+def test_hard_link_to_a_data_file_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data.csv"
+    data.write_bytes(DATA)
+    path = tmp_path / "a.lock"
+    os.link(data, path)
+    with pytest.raises(LockExistsError, match="not a lock file"):
+        FileLock(path).acquire()
+    assert data.read_bytes() == DATA
+
+
+def _acquire_in_thread(lock: FileLock) -> list[BaseException]:
+    """Acquire in a daemon thread (so a hang cannot block the test run); the errors it raised."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            lock.acquire()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(WAIT)
+    assert not thread.is_alive(), "acquire() hung"
+    return errors
+
+
+def test_fifo_at_lock_path_is_refused_without_hanging(tmp_path: Path) -> None:
+    path = tmp_path / "a.lock"
+    os.mkfifo(path)
+    errors = _acquire_in_thread(FileLock(path))
+    assert len(errors) == 1, errors
+    assert isinstance(errors[0], LockExistsError)
+    assert "not a regular file" in str(errors[0])
+    assert errors[0].held is False
+    assert path.is_fifo()
+
+
+def test_directory_at_lock_path_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "a.lock"
+    path.mkdir()
+    (path / "keep").write_bytes(DATA)
+    with pytest.raises(LockExistsError, match="not a regular file") as info:
+        FileLock(path).acquire()
+    assert info.value.held is False
+    assert (path / "keep").read_bytes() == DATA
+
+
+@pytest.mark.parametrize("content", [b"", b"4242\n", b"4242", b"  4242  \n", b"\n"])
+def test_lock_records_and_stale_lock_files_are_taken_over(tmp_path: Path, content: bytes) -> None:
+    # An empty file or a PID line, e.g. left by a process that died: ours to rewrite.
+    path = tmp_path / "a.lock"
+    path.write_bytes(content)
+    with FileLock(path) as lock:
+        assert path.read_text() == f"{os.getpid()}\n"
+        assert lock.is_lock_file_valid()
+
+
+def test_stale_lock_file_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:
+    path = tmp_path / "a.lock"
+    acquired, release = _spawn.Event(), _spawn.Event()
+    holder = _spawn.Process(target=_hold_lock, args=(str(path), acquired, release, True))
+    holder.start()
+    assert acquired.wait(WAIT)
+    release.set()
+    holder.join(WAIT)
+    assert path.read_text().strip() == str(holder.pid)  # the dead holder's PID is still there
+    with FileLock(path) as lock:
+        assert path.read_text() == f"{os.getpid()}\n"
+        assert lock.is_lock_file_valid()
+
+
+def test_validity_check_does_not_hang_on_a_fifo_swapped_in(tmp_path: Path) -> None:
+    path = tmp_path / "a.lock"
+    with FileLock(path) as lock:
+        path.unlink()
+        os.mkfifo(path)
+        result: list[bool] = []
+        thread = threading.Thread(target=lambda: result.append(lock.is_lock_file_valid()), daemon=True)
+        thread.start()
+        thread.join(WAIT)
+        assert not thread.is_alive(), "is_lock_file_valid() hung on a FIFO"
+        assert result == [False]
+
+
+def test_device_at_lock_path_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "a.lock"
+    try:
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # what /dev/null is
+    except OSError as exc:
+        pytest.skip(f"cannot create a device node here: {exc}")
+    with pytest.raises(LockExistsError, match="is a device") as info:
+        FileLock(path).acquire()
+    assert info.value.held is False
+    assert path.is_char_device()

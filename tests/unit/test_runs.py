@@ -103,11 +103,35 @@ def test_failure_midway_leaves_old_content_and_no_temp_file(
     assert _leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize(
-    "content",
-    [b"{not json", b"", b"[1, 2, 3]", b'"a string"', b"\xff\xfe\x00garbage", b'{"a": 1'],
-    ids=["syntax", "empty", "list", "string", "binary", "truncated"],
-)
+CORRUPT_STATES = {
+    "syntax": b"{not json",
+    "empty": b"",
+    "list": b"[1, 2, 3]",
+    "string": b'"a string"',
+    "binary": b"\xff\xfe\x00garbage",
+    "truncated": b'{"a": 1',
+    "deep-arrays": b"[" * 100_000 + b"]" * 100_000,
+    "deep-objects": b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+    "deeper-than-limit": b'{"a":' * (runs.MAX_STATE_DEPTH + 1) + b"1" + b"}" * (runs.MAX_STATE_DEPTH + 1),
+    "huge-int": b'{"last_contiguous_run": ' + b"7" * 5000 + b"}",
+    "huge-int-elsewhere": b'{"other": -' + b"7" * 5000 + b"}",
+    "1e400": b'{"last_contiguous_run": 1e400}',
+    "nan": b'{"last_contiguous_run": NaN}',
+    "nan-elsewhere": b'{"other": [NaN]}',
+    "infinity": b'{"other": -Infinity}',
+    "duplicate-key": b'{"last_contiguous_run": 5, "last_contiguous_run": 9}',
+    "watermark-list": b'{"last_contiguous_run": [1]}',
+    "watermark-string": b'{"last_contiguous_run": "100"}',
+    "watermark-bool": b'{"last_attempted_run": true}',
+    "watermark-float": b'{"last_attempted_run": 1.5}',
+    "watermark-null": b'{"last_attempted_run": null}',
+    "watermark-negative": b'{"last_contiguous_run": -5}',
+    "watermark-over-i64": b'{"last_attempted_run": 9223372036854775808}',
+    "bom": b'\xef\xbb\xbf{"a": 1}',
+}
+
+
+@pytest.mark.parametrize("content", list(CORRUPT_STATES.values()), ids=list(CORRUPT_STATES))
 def test_corrupt_file_is_kept_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes) -> None:
     path = tmp_path / "import_state.json"
     path.write_bytes(content)
@@ -133,17 +157,122 @@ def test_update_after_corruption_starts_fresh(tmp_path: Path) -> None:
     assert any(".corrupt-" in p.name for p in tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("bad", ["100", 1.5, True, None, [1]])
-def test_non_integer_watermark_is_reported(tmp_path: Path, bad: object) -> None:
+def _aside(directory: Path, name: str) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.name.startswith(f"{name}.corrupt-"))
+
+
+@pytest.mark.parametrize("call", ["contiguous", "attempted", "start"])
+@pytest.mark.parametrize("content", list(CORRUPT_STATES.values()), ids=list(CORRUPT_STATES))
+def test_every_function_keeps_a_corrupt_file_aside_and_starts_fresh(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes, call: str
+) -> None:
     path = tmp_path / "state.json"
-    assert write_state(path, {"last_contiguous_run": bad, "last_attempted_run": bad})
-    with pytest.raises(CorruptData, match="not an integer run number"):
+    path.write_bytes(content)
+    with caplog.at_level(logging.WARNING, logger="statekit"):
+        if call == "contiguous":
+            update_contiguous_run_state(path, [1, 2])
+            assert read_state(path)["last_contiguous_run"] == 2
+        elif call == "attempted":
+            update_attempted_run_state(path, [7])
+            assert read_state(path)["last_attempted_run"] == 7
+        else:
+            assert get_incremental_start_run(path) == 0
+    aside = _aside(tmp_path, "state.json")
+    assert len(aside) == 1
+    assert aside[0].read_bytes() == content
+    assert aside[0].name in caplog.text
+
+
+@pytest.mark.parametrize("bad", ["100", 1.5, True, None, [1], -1, 2**63])
+def test_non_integer_watermark_is_never_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, bad: object
+) -> None:
+    # A file write_state wrote always reads back: it refuses what a read would move aside.
+    path = tmp_path / "state.json"
+    assert write_state(path, {"last_contiguous_run": 3})
+    with caplog.at_level(logging.ERROR, logger="statekit"):
+        assert write_state(path, {"last_contiguous_run": bad}) is False
+        assert write_state(path, {"last_attempted_run": bad}) is False
+    assert "not an integer run number" in caplog.text
+    assert read_state(path) == {"last_contiguous_run": 3}
+
+
+def test_write_state_refuses_deep_or_oversized_states(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.json"
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(5_000):  # json.dumps alone raises RecursionError on this
+        node["a"] = {}
+        node = node["a"]
+    with caplog.at_level(logging.ERROR, logger="statekit"):
+        assert write_state(path, deep) is False
+        assert write_state(path, {"a": [[[]]] * 2, "b": {"c": [{"d": [[]]}]}})  # shallow: fine
+        assert write_state(path, {"blob": "x" * runs.MAX_STATE_FILE_BYTES}) is False
+    assert "nested too deeply" in caplog.text
+    assert "larger than" in caplog.text
+    assert read_state(path) == {"a": [[[]]] * 2, "b": {"c": [{"d": [[]]}]}}
+
+
+def test_state_file_over_the_size_limit_is_kept_aside_unread(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    content = b'{"pad": "' + b"x" * runs.MAX_STATE_FILE_BYTES + b'"}'
+    path.write_bytes(content)
+    assert read_state(path) == {}
+    (aside,) = _aside(tmp_path, "state.json")
+    assert aside.read_bytes() == content
+
+
+def test_update_never_overwrites_a_corrupt_file_it_cannot_move_aside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.json"
+    path.write_bytes(b"{torn")
+
+    def no_rename(src: object, dst: object) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(os, "rename", no_rename)
+    with pytest.raises(StorageError, match="could not be moved aside") as info:
         update_contiguous_run_state(path, [1])
-    with pytest.raises(CorruptData, match="last_attempted_run"):
+    assert info.value.path == str(path)
+    with pytest.raises(StorageError, match="could not be moved aside"):
         update_attempted_run_state(path, [1])
-    with pytest.raises(CorruptData):
-        get_incremental_start_run(path)
-    assert read_state(path) == {"last_contiguous_run": bad, "last_attempted_run": bad}
+    with caplog.at_level(logging.ERROR, logger="statekit"):
+        assert read_state(path) == {}  # a plain read reports it and writes nothing
+    assert "could not be moved aside" in caplog.text
+    assert path.read_bytes() == b"{torn"
+
+
+def _in_thread(call: Any) -> list[BaseException]:
+    """Run ``call`` in a daemon thread (a hang cannot block the run); the exceptions it raised."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "the call hung"
+    return errors
+
+
+def test_fifo_at_the_state_path_never_blocks(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "state.json"
+    os.mkfifo(path)
+    with caplog.at_level(logging.ERROR, logger="statekit"):
+        assert _in_thread(lambda: read_state(path)) == []
+    assert "not a regular file" in caplog.text
+    for update in (update_contiguous_run_state, update_attempted_run_state):
+        (error,) = _in_thread(lambda update=update: update(path, [1]))
+        assert isinstance(error, StorageError)
+        assert "not a regular file" in str(error)
+    assert path.is_fifo()
 
 
 @pytest.mark.parametrize("runs_arg", [["1"], [1.0], [None], "123", b"1", [2**63]])
@@ -262,8 +391,8 @@ def test_millions_of_runs(tmp_path: Path) -> None:
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    start=st.integers(-50, 50),
-    attempted_start=st.integers(-50, 50),
+    start=st.integers(0, 50),  # a watermark is a run number >= 0; a negative one is a corrupt file
+    attempted_start=st.integers(0, 50),
     batches=st.lists(st.lists(st.integers(-60, 120), max_size=40), max_size=6),
 )
 def test_watermarks_match_a_plain_model(
@@ -378,12 +507,66 @@ def test_updates_from_several_processes_are_not_lost(tmp_path: Path) -> None:
 def test_parse_ignores_invalid_lines_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "runs.txt"
     path.write_bytes(
-        b"100\n200\ninvalid\n  300  \n\n-5\n+7\n1_000\n12.5\n1e3\n\xff\xfe\n99999999999999999999\n\r\n400\r\n"
+        b"100\n200\ninvalid\n  300  \n\n-5\n+7\n1_000\n12.5\n1e3\n\xc3\xa9\n99999999999999999999\n\r\n400\r\n"
+        + b"7" * 10_000  # int() alone raises ValueError on this many digits
+        + b"\n"
     )
     with caplog.at_level(logging.WARNING, logger="statekit"):
         assert parse_run_records_from_file(path) == [100, 200, 300, -5, 7, 400]
-    assert "ignored 6 invalid line(s)" in caplog.text
+    assert "ignored 7 invalid line(s)" in caplog.text
     assert "line 3" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"1\n2\n\xff\xfe\n3\n", "not UTF-8"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "not UTF-8"),
+        ("1\n2\n".encode("utf-16-le"), "NUL byte"),
+        (b"1\n2\n\x00\x00\x00\x00", "NUL byte"),
+    ],
+    ids=["invalid-utf8", "png", "utf16", "nul-tail"],
+)
+def test_run_records_that_are_not_text_raise_corrupt_data(
+    tmp_path: Path, content: bytes, reason: str
+) -> None:
+    path = tmp_path / "failure_log"
+    path.write_bytes(content)
+    with pytest.raises(CorruptData, match=reason):
+        parse_run_records_from_file(path)
+    # A data file given as a failure log by mistake is not replaced either.
+    with pytest.raises(CorruptData, match=reason):
+        write_failure_log(path, [1])
+    assert path.read_bytes() == content
+
+
+def test_run_records_over_the_size_limit_raise_corrupt_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runs, "MAX_RUN_RECORDS_BYTES", 1_000)
+    path = tmp_path / "failure_log"
+    path.write_bytes(b"12345\n" * 200)
+    with pytest.raises(CorruptData, match="larger than 1000 bytes"):
+        parse_run_records_from_file(path)
+    with pytest.raises(CorruptData, match="larger than 1000 bytes"):
+        write_failure_log(path, [1])
+    assert path.read_bytes() == b"12345\n" * 200
+    path.write_bytes(b"12345\n" * 100)  # under the limit: fine
+    assert parse_run_records_from_file(path) == [12345] * 100
+
+
+def test_fifo_as_run_records_or_failure_log_never_blocks(tmp_path: Path) -> None:
+    path = tmp_path / "failure_log"
+    os.mkfifo(path)
+    for call in (
+        lambda: parse_run_records_from_file(path),
+        lambda: append_to_failure_log(path, [1]),
+        lambda: write_failure_log(path, [1]),
+    ):
+        (error,) = _in_thread(call)
+        assert isinstance(error, StorageError)
+        assert "not a regular file" in str(error)
+    assert path.is_fifo()
 
 
 def test_parse_missing_file_is_empty_and_unreadable_raises(tmp_path: Path) -> None:
@@ -482,3 +665,122 @@ def test_module_exports() -> None:
     assert sorted(runs.__all__) == runs.__all__
     for name in runs.__all__:
         assert getattr(runs, name).__doc__
+
+
+# -- arbitrary bytes -----------------------------------------------------------------------
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+_watermark_values = st.one_of(
+    st.integers(-(2**64), 2**64), st.floats(), st.booleans(), st.none(), st.text(max_size=4), _json_values
+)
+_state_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "last_contiguous_run": _watermark_values,
+        "last_attempted_run": _watermark_values,
+        "other": _json_values,
+    },
+)
+
+
+@st.composite
+def _mutated(draw: st.DrawFn, source: st.SearchStrategy[bytes]) -> bytes:
+    """Bytes from ``source`` with a few random cuts, insertions and flips (torn or tampered files)."""
+    data = bytearray(draw(source))
+    for _ in range(draw(st.integers(0, 3))):
+        op = draw(st.sampled_from(["cut", "insert", "flip"]))
+        at = draw(st.integers(0, len(data)))
+        if op == "cut":
+            del data[at:]
+        elif op == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=4))
+        elif data:
+            data[min(at, len(data) - 1)] ^= draw(st.integers(1, 255))
+    return bytes(data)
+
+
+_state_file_bytes = st.one_of(
+    st.binary(max_size=200),
+    _state_like.map(lambda v: json.dumps(v, allow_nan=True).encode("utf-8", "surrogatepass")),
+    _mutated(_state_like.map(lambda v: json.dumps(v, allow_nan=True).encode("utf-8", "surrogatepass"))),
+    st.sampled_from(list(CORRUPT_STATES.values())),
+)
+
+
+def _valid_watermark(value: object) -> bool:
+    return type(value) is int and 0 <= value < 2**63
+
+
+@settings(max_examples=300, deadline=None)
+@given(content=_state_file_bytes, call=st.sampled_from(["read", "contiguous", "attempted", "start"]))
+def test_any_bytes_as_a_state_file_never_raise_and_are_kept_if_corrupt(content: bytes, call: str) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "state.json"
+        path.write_bytes(content)
+        # No exception at all: a corrupt file is the documented fallback (kept aside, empty state).
+        if call == "read":
+            result: object = read_state(path)
+        elif call == "contiguous":
+            result = update_contiguous_run_state(path, [1])
+        elif call == "attempted":
+            result = update_attempted_run_state(path, [1])
+        else:
+            result = get_incremental_start_run(path)
+        aside = _aside(Path(directory), "state.json")
+        assert len(aside) <= 1
+        if aside:
+            assert aside[0].read_bytes() == content  # the original bytes, exactly
+            if call in ("read", "start"):
+                assert not path.exists()
+            return
+        # Kept in place: so it really is a state file, with watermarks that are run numbers.
+        state = json.loads(content)
+        assert isinstance(state, dict)
+        for field in ("last_contiguous_run", "last_attempted_run"):
+            assert field not in state or _valid_watermark(state[field])
+        if call == "read":
+            assert result == state
+        if call in ("read", "start"):
+            assert path.read_bytes() == content
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    content=st.one_of(
+        st.binary(max_size=200),
+        _mutated(
+            st.lists(st.integers(-(2**70), 2**70), max_size=20).map(lambda r: "\n".join(map(str, r)).encode())
+        ),
+        st.text(max_size=60).map(lambda t: t.encode("utf-8", "surrogatepass")),
+        st.integers(4_000, 6_000).map(lambda digits: b"1\n" + b"7" * digits + b"\n2\n"),
+    )
+)
+def test_any_bytes_as_run_records_give_runs_or_corrupt_data(content: bytes) -> None:
+    import tempfile
+
+    try:
+        is_text = "\0" not in content.decode("utf-8")
+    except UnicodeDecodeError:
+        is_text = False
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "failure_log"
+        path.write_bytes(content)
+        try:
+            parsed = parse_run_records_from_file(path)
+        except CorruptData:
+            assert not is_text
+            with pytest.raises(CorruptData):  # and it is not replaced either
+                write_failure_log(path, [1])
+            assert path.read_bytes() == content
+            return
+        assert is_text
+        assert all(type(run) is int and -(2**63) <= run < 2**63 for run in parsed)
+        assert path.read_bytes() == content

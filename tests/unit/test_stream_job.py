@@ -183,7 +183,7 @@ def test_clean_run_verifies(tmp_path: Path, job: ModuleType) -> None:
     # A clean finish takes a final checkpoint (and the periodic ones, if the run is slow).
     assert checkpoint_stats(proc)["created"] >= 1
     assert checkpoint_stats(proc)["restores"] == 0
-    assert len(checkpoint_files(state)) == checkpoint_stats(proc)["created"]
+    assert len(checkpoint_files(state)) == min(checkpoint_stats(proc)["created"], job.MAX_CHECKPOINTS)
 
     # A second run finds everything committed, processes nothing and verifies again.
     again = run_job(state)
@@ -324,6 +324,45 @@ def test_crash_resume_restores_a_checkpoint(tmp_path: Path, job: ModuleType) -> 
     assert f"redone work: {redone} batch(es)" in resumed.stdout
 
 
+def test_a_crash_always_leaves_a_checkpoint_that_the_next_run_restores(tmp_path: Path) -> None:
+    """What ``make run`` shows, scaled down: with the default cadence (every 5 committed batches,
+    and every 2 s), a crash after 10 batches leaves a checkpoint however fast the run was."""
+    state = tmp_path / "state"
+    crashed = run_job(state, "--crash-after", "20000")
+    assert crashed.returncode == CRASH_CODE, describe(crashed)
+    found = re.search(r"the newest checkpoint of this run is (ckpt-\S+) \(offset ([\d,]+)\)", crashed.stdout)
+    assert found, describe(crashed)
+    assert int(found.group(2).replace(",", "")) == 5 * BATCH
+    left = [path.name.removesuffix(".ckpt") for path in checkpoint_files(state)]
+    assert found.group(1) in left  # (a slow run may also have left newer, periodic ones)
+
+    resumed = run_job(state)
+    assert_match(resumed)
+    restored_id, offset = restored_offset(resumed)
+    assert restored_id == left[-1]
+    assert offset >= 5 * BATCH
+    assert offset % BATCH == 0
+    assert checkpoint_stats(resumed)["restores"] == 1
+
+
+def test_batch_checkpoints_do_not_depend_on_timing(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    # No periodic checkpoint can happen within the run: only the batch ones.
+    crashed = run_job(
+        state, "--crash-after", "20000", "--checkpoint-interval", "3600", "--checkpoint-every", "3"
+    )
+    assert crashed.returncode == CRASH_CODE, describe(crashed)
+    # 9 batches committed (the 10th reached 20,000 events and crashed): checkpoints after 3, 6 and 9.
+    files = checkpoint_files(state)
+    assert len(files) == 3, describe(crashed)
+    newest_id = files[-1].name.removesuffix(".ckpt")
+    assert f"the newest checkpoint of this run is {newest_id} (offset {9 * BATCH:,})" in crashed.stdout
+    resumed = run_job(state, "--checkpoint-interval", "3600")
+    assert_match(resumed)
+    assert restored_offset(resumed) == (newest_id, 9 * BATCH)
+    assert "every 5 batches and every 3600 s" in resumed.stdout
+
+
 def test_a_corrupt_newest_checkpoint_is_kept_aside(tmp_path: Path) -> None:
     state = tmp_path / "state"
     crash_with_checkpoints(state, at=20_000, at_least=2)
@@ -395,7 +434,8 @@ def test_memory_store_verifies(tmp_path: Path) -> None:
     assert "store memory://" in proc.stdout
     assert "no lock, run-state file or failure log" in proc.stdout
     assert (
-        "checkpoints: off (a memory store takes checkpoints only with --checkpoint-interval)" in proc.stdout
+        "checkpoints: off (a memory store takes checkpoints only with --checkpoint-interval or "
+        "--checkpoint-every)" in proc.stdout
     )
     assert f"batches {BATCHES}" in proc.stdout  # the tracker lives in the (memory) store
     assert not state.exists()  # nothing was written to disk
@@ -469,6 +509,8 @@ def test_bad_arguments_are_usage_errors(tmp_path: Path) -> None:
         ["--lock-check-interval", "0"],
         ["--checkpoint-interval", "0"],
         ["--no-checkpoints", "--checkpoint-interval", "1"],
+        ["--checkpoint-every", "0"],
+        ["--no-checkpoints", "--checkpoint-every", "1"],
     ],
 )
 def test_bad_bookkeeping_options(
@@ -521,6 +563,18 @@ def test_second_instance_is_locked_out(
     resumed = run_job(state, "--no-checkpoints")
     assert_match(resumed)
     assert "resuming at offset 4,000" in resumed.stdout
+
+
+def test_a_data_file_at_the_lock_path_is_refused_and_kept(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    data = b"id,amount\n1,42\n" * 100
+    (state / "stream_job.lock").write_bytes(data)
+    proc = run_job(state)
+    assert proc.returncode == 3, describe(proc)  # not 75: nobody holds it, it cannot be taken
+    assert "is not a lock file" in proc.stderr
+    assert "another instance" not in proc.stderr
+    assert (state / "stream_job.lock").read_bytes() == data
 
 
 def test_lost_lock_stops_before_the_next_commit(tmp_path: Path) -> None:

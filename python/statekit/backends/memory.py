@@ -18,10 +18,12 @@ import heapq
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
 from itertools import compress, repeat
 
 from sortedcontainers import SortedDict
 
+from statekit._utils.durations import to_seconds
 from statekit.backends.base import (
     BackendStats,
     Item,
@@ -51,9 +53,12 @@ class MemoryStateBackend:
     """A fast, non-persistent backend for tests, development and single-process jobs.
 
     Args:
-        cleanup_interval: seconds between sweeps of expired keys (they are also dropped
-            lazily whenever they are read).
+        cleanup_interval: seconds (int, float or timedelta; positive and finite) between
+            sweeps of expired keys (they are also dropped lazily whenever they are read).
         clock: returns the current time in seconds; inject a fake clock to test TTLs.
+
+    Raises:
+        ConfigError: ``cleanup_interval`` is not a positive, finite number of seconds.
     """
 
     backend_type = "memory"
@@ -62,16 +67,18 @@ class MemoryStateBackend:
     def __init__(
         self,
         *,
-        cleanup_interval: float = DEFAULT_CLEANUP_INTERVAL,
+        cleanup_interval: float | timedelta = DEFAULT_CLEANUP_INTERVAL,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        # 0 (or NaN, negative) would re-arm the reaper timer at once, forever: 100% CPU.
+        interval = to_seconds(cleanup_interval, "cleanup_interval")
         self._data: SortedDict = SortedDict()
         self._expires: dict[str, float] = {}
         # (expires_at, key) entries; stale when the key's current expiry differs.
         self._expiry_heap: list[tuple[float, str]] = []
         self._lock = threading.RLock()
         self._clock = clock
-        self._cleanup_interval = cleanup_interval
+        self._cleanup_interval = interval
         self._reaper: asyncio.TimerHandle | None = None
         self._closed = False
         self._stats = BackendStats(backend_type=self.backend_type)

@@ -4,14 +4,22 @@ The kernel releases an ``flock`` when its holder exits, however it exits, so a c
 never leaves a stale lock behind. The lock file holds the holder's PID for humans and for
 :meth:`FileLock.is_lock_file_valid`; it is never deleted (deleting a lock file while another
 process has it open is how two processes end up "holding" the same lock).
+
+A lock path is a place where statekit writes, so a mistyped one must not destroy anything: the
+path is opened without following symbolic links and without blocking, and only a regular file
+that is empty or holds one PID line (a *lock record*) is ever rewritten. Anything else (a
+symlink, a FIFO, a device, a directory, a file with other content) is refused with
+``LockExistsError(held=False)`` and left exactly as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +33,12 @@ __all__ = ["FileLock", "LockMonitor"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_MONITOR_INTERVAL = 60.0
+
+# A lock record is at most one PID line; anything longer is someone's data.
+_MAX_RECORD_BYTES = 64
+_MAX_PID_DIGITS = 20
+# No symlink is followed (O_NOFOLLOW) and a FIFO or device never blocks the open (O_NONBLOCK).
+_OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 # (st_dev, st_ino) of every lock file a FileLock of this process holds -> that FileLock.
 _held: dict[tuple[int, int], FileLock] = {}
@@ -48,8 +62,13 @@ class FileLock:
     ``flock(LOCK_EX | LOCK_NB)`` and writes this process's PID. It raises
     :class:`~statekit.errors.LockExistsError` when the lock is held by another process, by
     another ``FileLock`` on the same file in this process, or cannot be taken at all
-    (permissions, I/O errors). Leaving the ``with`` block releases it, even when the body
-    raises.
+    (permissions, I/O errors; ``held`` is then False). Leaving the ``with`` block releases
+    it, even when the body raises.
+
+    Only a lock file is ever written: the path must not be a symbolic link, and must be
+    missing or a regular file that is empty or holds one PID line (what a previous holder,
+    even a dead one, left there). A symlink, FIFO, device, directory or a file with any other
+    content raises ``LockExistsError(held=False)`` and is left untouched.
 
     A child created by ``fork()`` does not inherit the lock: its copy of the ``FileLock``
     counts as released (the parent keeps holding it).
@@ -103,6 +122,8 @@ class FileLock:
                 raise
             try:
                 self._flock(fd)
+                # Checked again under the flock: no other FileLock writes now, so what we see is final.
+                self._check_lock_record(fd)
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
                 os.fsync(fd)
@@ -148,11 +169,19 @@ class FileLock:
         protected by our ``flock``, so it is reported as invalid.
         """
         try:
-            with open(self.lock_file, "rb") as handle:
-                content = handle.read(64)
-                identity = _identity_of(os.fstat(handle.fileno()))
+            fd = os.open(self.lock_file, os.O_RDONLY | _OPEN_FLAGS)
+        except OSError:
+            return False  # missing, or a symlink swapped in
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return False  # never read a FIFO or device: it could block the monitor forever
+            content = os.pread(fd, _MAX_RECORD_BYTES, 0)
+            identity = _identity_of(st)
         except OSError:
             return False
+        finally:
+            os.close(fd)
         if self._identity is not None and identity != self._identity:
             return False
         return content.strip() == str(os.getpid()).encode("ascii")
@@ -198,16 +227,56 @@ class FileLock:
     # -- internals -----------------------------------------------------------------------
 
     def _open(self) -> int:
+        """Open (or create) the lock file; refuse whatever is at the path if it is not a lock file."""
+        path = str(self.lock_file)
         try:
             self.lock_file.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+            # Look before opening: opening some devices has side effects even without I/O.
+            with contextlib.suppress(FileNotFoundError):
+                _refuse_non_regular(path, os.lstat(path).st_mode)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _OPEN_FLAGS, 0o644)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # O_NOFOLLOW: a symlink appeared after the lstat
+                try:
+                    _refuse_non_regular(path, stat.S_IFLNK)
+                except LockExistsError as refused:
+                    raise refused from exc
             raise LockExistsError(
-                f"cannot open lock file {str(self.lock_file)!r}: {exc}; check that its directory exists "
-                "and is writable",
-                path=str(self.lock_file),
+                f"cannot open lock file {path!r}: {exc}; check that its directory exists and is writable",
+                path=path,
                 held=False,
             ) from exc
+        try:
+            # Again on the descriptor: the path may have been replaced between lstat and open.
+            _refuse_non_regular(path, os.fstat(fd).st_mode)
+            self._check_lock_record(fd)  # early, clear refusal; re-checked under the flock
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _check_lock_record(self, fd: int) -> None:
+        """Raise LockExistsError(held=False) unless the file is empty or holds one PID line."""
+        path = str(self.lock_file)
+        try:
+            size = os.fstat(fd).st_size
+            raw = os.pread(fd, _MAX_RECORD_BYTES + 1, 0) if size <= _MAX_RECORD_BYTES else b""
+        except OSError as exc:
+            raise LockExistsError(
+                f"cannot read lock file {path!r}: {exc}; check the file system and its permissions",
+                path=path,
+                held=False,
+            ) from exc
+        if size <= _MAX_RECORD_BYTES and _is_lock_record(raw):
+            return
+        held = f"{raw[:40]!r}" if raw else f"{size} bytes"
+        raise LockExistsError(
+            f"{path!r} is not a lock file (it holds {held}, not a PID line); it was left untouched. "
+            "Give FileLock a path of its own (e.g. ending in .lock), or remove that file if it is "
+            "really an old lock file",
+            path=path,
+            held=False,
+        )
 
     def _register(self, fd: int) -> tuple[int, int]:
         identity = _identity_of(os.fstat(fd))
@@ -303,15 +372,51 @@ class LockMonitor:
 def _describe_loss(lock: FileLock) -> str:
     path = str(lock.lock_file)
     try:
-        content = lock.lock_file.read_bytes()[:64].strip().decode("ascii", errors="replace")
+        fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
     except FileNotFoundError:
         return f"lock file {path!r} was deleted while pid {os.getpid()} held the lock; stop this job"
     except OSError as exc:
         return f"lock file {path!r} can no longer be read ({exc}); stop this job"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return f"lock file {path!r} was replaced by something that is not a regular file; stop this job"
+        content = os.pread(fd, _MAX_RECORD_BYTES, 0).strip().decode("ascii", errors="replace")
+    except OSError as exc:
+        return f"lock file {path!r} can no longer be read ({exc}); stop this job"
+    finally:
+        os.close(fd)
     return (
         f"lock file {path!r} was rewritten or replaced while pid {os.getpid()} held the lock (it now "
         f"holds {content!r}); another instance may be running: stop this job"
     )
+
+
+def _refuse_non_regular(path: str, mode: int) -> None:
+    """Raise LockExistsError(held=False) unless ``mode`` is a regular file's."""
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISLNK(mode):
+        what = "a symbolic link (never followed, so its target cannot be overwritten)"
+    elif stat.S_ISDIR(mode):
+        what = "a directory"
+    elif stat.S_ISFIFO(mode):
+        what = "a FIFO"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        what = "a device"
+    else:
+        what = "a special file"
+    raise LockExistsError(
+        f"lock path {path!r} is {what}, not a regular file; refused and left untouched. Point FileLock "
+        "at a path of its own, e.g. /var/lock/<job>.lock",
+        path=path,
+        held=False,
+    )
+
+
+def _is_lock_record(raw: bytes) -> bool:
+    """Empty, or one PID line: what FileLock writes (a partial write is a prefix of it, still a record)."""
+    text = raw.strip(b" \t\r\n")
+    return not text or (text.isdigit() and len(text) <= _MAX_PID_DIGITS)
 
 
 def _identity_of(st: os.stat_result) -> tuple[int, int]:
