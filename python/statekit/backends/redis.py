@@ -40,9 +40,11 @@ One retry loop wraps everything: exponential backoff with full jitter on connect
 timeouts, and replies that prove the command did not run (``LOADING`` after a restart, ``MOVED``,
 ``ASK``, ``TRYAGAIN``, ``CLUSTERDOWN``); never on other error replies such as ``WRONGTYPE``.
 Errors are classified by type (redis-py's exception classes; error replies of the wire path are
-mapped to them by redis-py's own table), never by message text. Each attempt waits at most
-``connect_timeout`` for one of the ``max_connections`` slots and to connect, and at most
-``write_timeout``/``read_timeout`` for each write/read to make progress. After the last retry a
+mapped to them by redis-py's own table), never by message text. A call that finds all
+``max_connections`` slots busy for ``connect_timeout`` fails at once (StorageError, or
+OutcomeUnknown after an earlier attempt that may have been applied); each attempt waits at most
+``connect_timeout`` to connect and ``write_timeout``/``read_timeout`` for each write/read to
+make progress. After the last retry a
 ``StorageError`` names the operation and the key; for the non-idempotent operations, when an
 attempt may have reached the server, it is :class:`~statekit.errors.OutcomeUnknown` (a
 StorageError): statekit never guesses. A batch that fails part-way may have applied part of it.
@@ -340,6 +342,10 @@ _HELD_GATE: ContextVar[asyncio.Semaphore | None] = ContextVar("statekit_redis_he
 _SENDING: ContextVar[list[bool] | None] = ContextVar("statekit_redis_sending", default=None)
 
 
+class _NoFreeSlot(WireNotSent):
+    """Every connection slot stayed busy for ``connect_timeout``: the request was not sent."""
+
+
 def _sending() -> None:
     """Note that the current attempt is about to write its request."""
     flag = _SENDING.get()
@@ -509,6 +515,8 @@ class RedisStateBackend:
         try:
             while True:
                 sent[0] = False
+                failure: BaseException
+                final = attempt >= cfg.max_retries
                 try:
                     result = await self._gated(call)
                 except (AuthenticationError, AuthorizationError, AuthError) as exc:
@@ -516,8 +524,11 @@ class RedisStateBackend:
                     raise self._error(
                         op, key, f"authentication failed ({_safe(exc, self._password)})"
                     ) from None
+                except _NoFreeSlot as exc:
+                    failure = exc
+                    final = True  # waiting for a slot again would only prolong the wait
                 except _NOT_RUN as exc:
-                    failure: BaseException = exc  # not executed: safe to send again
+                    failure = exc  # not executed: safe to send again
                 except ResponseError as exc:
                     self._stats.error_count += 1
                     raise self._error(
@@ -533,7 +544,7 @@ class RedisStateBackend:
                     self._latency_total_us += int((time.perf_counter() - started) * 1e6)
                     self._latency_count += 1
                     return result
-                if attempt >= cfg.max_retries:
+                if final:
                     self._stats.error_count += 1
                     detail = f"failed after {attempt + 1} attempt(s): {_safe(failure, self._password)}"
                     if maybe_applied:
@@ -558,7 +569,8 @@ class RedisStateBackend:
         """Run ``call`` holding one of the ``max_connections`` slots (once per task: re-entrant).
 
         Waiting for a slot is bounded by ``connect_timeout``: when every connection is stuck on
-        a stalled server, later callers fail (and retry) instead of queueing behind them.
+        a stalled server, later callers fail instead of queueing behind them (not retried: a
+        second wait would only make the caller wait longer for the same stalled server).
         """
         if _HELD_GATE.get() is self._gate:
             return await call()
@@ -566,8 +578,9 @@ class RedisStateBackend:
         try:
             await asyncio.wait_for(self._gate.acquire(), timeout)
         except TimeoutError:
-            raise WireNotSent(
-                f"no free connection slot within {timeout}s (all {self.config.max_connections} busy)"
+            raise _NoFreeSlot(
+                f"no free connection slot within {timeout}s (all {self.config.max_connections} busy: "
+                "the server is stalled or overloaded)"
             ) from None
         try:
             if self._cluster and not self._cluster_started:
