@@ -182,3 +182,24 @@ async def test_restore_items_are_checked_before_the_old_keys_go(bare: RedisState
     with pytest.raises(ValueError, match="expires_at"):
         await bare.replace_prefix("", [("new", b"2", math.inf)])
     assert await bare.list_keys() == ["keep"]
+
+
+async def test_range_bounds_and_prefixes_are_checked_like_keys(bare: RedisStateBackend) -> None:
+    await bare.batch_put([("a:1", b"1"), ("a:2", b"2"), ("b", b"3")])
+    assert await bare.list_keys(b"a:") == ["a:1", "a:2"]  # type: ignore[arg-type]
+    assert await bare.range(b"a:", b"b") == [("a:1", b"1"), ("a:2", b"2")]  # type: ignore[arg-type]
+    assert await bare.list_keys("") == ["a:1", "a:2", "b"]
+    assert await bare.list_keys(RESERVED_KEY_PREFIX) == []  # a bound there is harmless: no user key
+    assert len(await bare.export_items(b"a:")) == 2  # type: ignore[arg-type]
+    for bad in [5, b"\xff", "\udc80", None]:
+        with pytest.raises(InvalidKey):
+            await bare.list_keys(bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidKey):
+            await bare.range(bad, "b")  # type: ignore[arg-type]
+        if bad is not None:  # end=None means "every key starting with start"
+            with pytest.raises(InvalidKey):
+                await bare.range("a", bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidKey):
+            await bare.export_items(bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        await bare.range("a", limit="3")  # type: ignore[arg-type]

@@ -371,6 +371,18 @@ _RETRYABLE: Final = (
 )
 
 
+def _bound(value: object) -> str:
+    """A range bound or key prefix, checked like a key (InvalidKey) but possibly empty or reserved.
+
+    The index holds user keys only, so a bound inside the reserved namespace is harmless.
+    """
+    if isinstance(value, bytes | bytearray | memoryview) and not value:
+        return ""
+    if isinstance(value, str) and (not value or value.startswith(RESERVED_KEY_PREFIX)):
+        return check_key("k" + value)[1:]  # the type and UTF-8 checks of a key, on a key-like text
+    return check_key(value)
+
+
 def _px(ttl: float | None) -> int:
     """A TTL as Redis milliseconds (0: none); at least 1 ms."""
     return 0 if ttl is None else max(1, round(ttl * 1000))
@@ -857,6 +869,10 @@ class RedisStateBackend:
     async def range(
         self, start: str, end: str | None = None, limit: int | None = None
     ) -> list[tuple[str, bytes]]:
+        start = _bound(start)
+        end = None if end is None else _bound(end)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise TypeError(f"limit must be an int or None, got {type(limit).__name__}")
         if limit is not None and limit <= 0:
             self._redis()
             return []
@@ -865,7 +881,7 @@ class RedisStateBackend:
         return rows
 
     async def list_keys(self, prefix: str = "") -> list[str]:
-        return [key for key, _ in await self._scan_index("list_keys", prefix, None, None)]
+        return [key for key, _ in await self._scan_index("list_keys", _bound(prefix), None, None)]
 
     async def _scan_index(
         self, op: str, start: str, end: str | None, limit: int | None
@@ -1264,6 +1280,7 @@ class RedisStateBackend:
         may or may not be in it; a key deleted during it is left out. Needs Redis >= 7.0
         (``PEXPIRETIME``).
         """
+        prefix = _bound(prefix)
         names = await self._index_names(prefix)
         full = [self._prefix + n for n in names]
         rows: list[tuple[bytes | None, int]] = []
@@ -1311,6 +1328,7 @@ class RedisStateBackend:
         raises StorageError and leaves a partial state; run the restore again. Items whose
         absolute expiry has passed (by this machine's clock) are skipped.
         """
+        prefix = _bound(prefix)
         columns = item_columns(items)
         keys = self._keys(columns.keys)  # everything is checked before the old keys go
         if any(k is not c for k, c in zip(columns.keys, keys, strict=True)):
@@ -1424,6 +1442,7 @@ class RedisStateBackend:
         the last ``refresh_stats(prefix)``. ``total_keys`` counts index members: keys deleted by
         another client without going through statekit stay counted until a read prunes them.
         """
+        prefix = _bound(prefix)
         client = self._redis()
         await self._retry("stats", None, self._prune_expired)
         upper = prefix_upper_bound(prefix)
