@@ -54,6 +54,8 @@ class RedisConfig:
     ``url``/``urls``: ``redis://[user:password@]host:port/db``, ``rediss://`` for TLS; with
     ``cluster_mode`` the URLs are startup nodes of a Redis Cluster. ``password``, ``username``
     and ``db`` given here win over the URL's. The password never appears in ``repr``.
+    ``key_prefix`` must not start with ``{statekit-``: statekit's own keys live there (an ACL user
+    needs access to ``{statekit-*`` keys: the range indexes and the request records).
     """
 
     urls: tuple[str, ...] = ("redis://localhost:6379",)
