@@ -32,12 +32,13 @@ def redis_tls() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="session")
 def redis_auth() -> Iterator[RedisServer]:
-    """A server with a default-user password and an ACL user limited to ``app:*`` keys and the indexes."""
+    """A server with a default-user password and an ACL user limited to ``app:*`` keys, the indexes and
+    the request records."""
     require_redis()
     server = start_standalone("--requirepass", AUTH_PASSWORD)
     server.cli(
         "ACL", "SETUSER", ACL_USER, "on", f">{ACL_PASSWORD}", "~app:*",
-        "~{statekit-index:app:}*", "~{statekit-index:}*",
+        "~{statekit-index:app:}*", "~{statekit-index:}*", "~{statekit-r*",
         "+@all", password=AUTH_PASSWORD,
     )  # fmt: skip
     yield server

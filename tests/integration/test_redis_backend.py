@@ -125,6 +125,17 @@ async def test_atomic_operations(backend: RedisStateBackend) -> None:
     assert info.value.key == "text"
 
 
+async def test_incr_beyond_lua_number_precision_is_exact(
+    backend: RedisStateBackend, cluster_backend: RedisStateBackend
+) -> None:
+    # Lua numbers are doubles printed with 14 digits: the result is read back as a string instead.
+    for b in (backend, cluster_backend):
+        assert await b.incr_by("big", 10**15) == 10**15
+        assert await b.incr_by("big", 1) == 10**15 + 1
+        assert await b.incr_by("big", 2**62) == 10**15 + 1 + 2**62
+        assert await b.get("big") == str(10**15 + 1 + 2**62).encode()
+
+
 async def test_concurrent_incr_is_atomic(backend: RedisStateBackend) -> None:
     await asyncio.gather(*(backend.incr_by("c") for _ in range(200)))
     assert await backend.incr_by("c", 0) == 200

@@ -59,6 +59,8 @@ async def test_password_and_acl_user(redis_auth: RedisServer, caplog: pytest.Log
         assert await acl.batch_get(["a"]) == [b"1"]
         await acl.put("c", b"3")
         assert await acl.list_keys() == ["c"]  # its own index: the store above keeps the prefix itself
+        assert await acl.incr_by("n", 2) == 2  # request records: "{statekit-r...}:req:<id>"
+        assert await acl.get_and_delete("c") == b"3"
         assert ACL_PASSWORD not in repr(acl)
         assert ACL_PASSWORD not in repr(acl.config)
     finally:

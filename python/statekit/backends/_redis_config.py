@@ -15,7 +15,7 @@ from typing import Any, Final, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from statekit._utils.durations import to_seconds
-from statekit.backends.base import BackendStats
+from statekit.backends.base import RESERVED_KEY_PREFIX, BackendStats, check_ttl
 from statekit.errors import ConfigError
 
 __all__ = ["RedisConfig", "RedisConfigBuilder", "RedisStats", "redact_url"]
@@ -54,6 +54,8 @@ class RedisConfig:
     ``url``/``urls``: ``redis://[user:password@]host:port/db``, ``rediss://`` for TLS; with
     ``cluster_mode`` the URLs are startup nodes of a Redis Cluster. ``password``, ``username``
     and ``db`` given here win over the URL's. The password never appears in ``repr``.
+    ``key_prefix`` must not start with ``{statekit-``: statekit's own keys live there (an ACL user
+    needs access to ``{statekit-*`` keys: the range indexes and the request records).
     """
 
     urls: tuple[str, ...] = ("redis://localhost:6379",)
@@ -90,8 +92,12 @@ class RedisConfig:
         object.__setattr__(self, "urls", urls)
         if not isinstance(self.key_prefix, str):
             raise ConfigError(f"key_prefix must be a str, got {type(self.key_prefix).__name__}")
+        if self.key_prefix.startswith(RESERVED_KEY_PREFIX):  # statekit's own keys live there
+            raise ConfigError(
+                f"key_prefix must not start with {RESERVED_KEY_PREFIX!r}, got {self.key_prefix!r}"
+            )
         set_ = object.__setattr__
-        set_(self, "default_ttl", _seconds(self.default_ttl, "default_ttl", allow_none=True))
+        set_(self, "default_ttl", check_ttl(self.default_ttl, name="default_ttl"))
         for name in ("connect_timeout", "read_timeout", "write_timeout", "retry_max_delay"):
             set_(self, name, _seconds(getattr(self, name), name))
         set_(self, "retry_base_delay", _seconds(self.retry_base_delay, "retry_base_delay", allow_zero=True))

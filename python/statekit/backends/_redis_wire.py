@@ -8,7 +8,9 @@ written to the socket at once, and the replies are parsed by ``hiredis.Reader`` 
 
 Only what the batches need: AUTH/SELECT on connect, TLS, and connect/read/write timeouts. Error
 replies come back as ``hiredis.ReplyError`` objects in the reply list; connection-level failures
-raise :class:`WireError` (retryable).
+raise :class:`WireError` (retryable), or its subclass :class:`WireNotSent` when they prove that
+nothing of the request left this process (the connection could not be opened, the pool had no
+free connection in time): only then may a request that is not idempotent be re-sent blindly.
 """
 
 from __future__ import annotations
@@ -20,11 +22,15 @@ from typing import Any
 
 import hiredis
 
-__all__ = ["WireConnection", "WireError", "WirePool"]
+__all__ = ["AuthError", "WireConnection", "WireError", "WireNotSent", "WirePool"]
 
 
 class WireError(ConnectionError):
     """The connection failed, closed or timed out; the request may or may not have been applied."""
+
+
+class WireNotSent(WireError):
+    """The request was never written: no connection could be opened or taken from the pool."""
 
 
 class _RespProtocol(asyncio.Protocol):
@@ -114,11 +120,11 @@ class WireConnection:
                     _RespProtocol, host, port, ssl=ssl_context, server_hostname=host if ssl_context else None
                 )
         except TimeoutError:
-            raise WireError(
+            raise WireNotSent(
                 f"connecting to Redis at {host}:{port} timed out after {connect_timeout}s"
             ) from None
         except OSError as exc:
-            raise WireError(f"cannot connect to Redis at {host}:{port}: {exc.strerror or exc}") from None
+            raise WireNotSent(f"cannot connect to Redis at {host}:{port}: {exc.strerror or exc}") from None
         assert isinstance(transport, asyncio.Transport)
         conn = cls(transport, protocol, read_timeout, write_timeout)
         hello: list[list[bytes | str | int]] = []
@@ -131,6 +137,11 @@ class WireConnection:
 
             try:
                 replies = await conn.roundtrip(encode_commands(hello), len(hello))
+            except WireError as exc:  # only AUTH/SELECT were sent, never the caller's request
+                conn.close()
+                raise WireNotSent(
+                    f"setting up the connection to Redis at {host}:{port} failed: {exc}"
+                ) from None
             except BaseException:
                 conn.close()
                 raise
@@ -150,8 +161,8 @@ class WireConnection:
 
     async def send(self, payload: bytes) -> None:
         """Write ``payload``; waits (up to the write timeout) while the transport buffer is full."""
-        if self._protocol.lost is not None:
-            raise WireError(f"connection to Redis lost: {self._protocol.lost}")
+        if self._protocol.lost is not None:  # noticed before writing: nothing of it was sent
+            raise WireNotSent(f"connection to Redis lost: {self._protocol.lost}")
         self._transport.write(payload)
         self.bytes_out += len(payload)
         try:
@@ -202,7 +213,7 @@ class WireConnection:
         self._transport.close()
 
 
-class AuthError(WireError):
+class AuthError(WireNotSent):
     """AUTH or SELECT was refused (wrong password, unknown user, bad db): not retryable."""
 
 
@@ -236,12 +247,20 @@ class WirePool:
         }
         self._idle: list[WireConnection] = []
         self._slots = asyncio.Semaphore(max_connections)
+        self._slot_timeout = connect_timeout
         self.bytes_read = 0
         self.bytes_written = 0
         self.in_use = 0
 
     async def acquire(self) -> WireConnection:
-        await self._slots.acquire()
+        # Waiting for a free connection is bounded like connecting is: a stalled server must not
+        # hold every later caller forever.
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self._slot_timeout)
+        except TimeoutError:
+            raise WireNotSent(
+                f"no free connection to Redis at {self.host}:{self.port} within {self._slot_timeout}s"
+            ) from None
         try:
             while self._idle:
                 conn = self._idle.pop()

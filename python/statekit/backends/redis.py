@@ -19,12 +19,35 @@ Both share a hash tag, so in a cluster they live in one slot. Consistency:
   value, which reads prune. A prune racing a concurrent re-creation of the same key re-checks the
   key after removing it and re-adds it if it came back (a small window remains; documented).
 
-Single operations go through redis-py's asyncio client (``Redis``/``RedisCluster``, hiredis
-parser, its own retries disabled); batches through :mod:`statekit.backends._redis_wire`. Both are
-wrapped in one retry loop: exponential backoff with full jitter on connection errors and timeouts
-only, never on error replies such as ``WRONGTYPE``; after the last retry a ``StorageError`` names
-the operation and the key. A retried batch chunk may apply twice, which is harmless for
-``SET``/``MSET``/``GET``; a retried ``batch_delete`` may under-count keys it had already deleted.
+Every key statekit keeps for itself (the indexes above, the request records below) starts with
+``{statekit-`` (:data:`~statekit.backends.base.RESERVED_KEY_PREFIX`); user keys starting with it
+are refused with InvalidKey, as are keys that would reach it through the key prefix (prefix
+``"{"``, key ``"statekit-..."``) and key prefixes starting with it. Keys (``str``, or UTF-8
+``bytes`` as the same key) and TTLs are validated at every entry point, a batch whole, before
+anything is sent.
+
+Idempotent operations (``get``, ``exists``, ``put``, ``delete``, ``batch_get``, ``batch_put``,
+ranges) go through redis-py's asyncio client (``Redis``/``RedisCluster``, hiredis parser, its
+own retries disabled) or, for batches, :mod:`statekit.backends._redis_wire`. The others
+(``incr_by``, ``compare_and_set``, ``get_and_delete``, ``set_if_not_exists``, ``batch_delete``)
+are Lua scripts on the wire path that carry a random request id: the script first looks for the
+id's record (``{statekit-r...}:req:<id>``, in the data key's cluster slot) and returns the result
+remembered there, else applies the operation and records its result for
+max(5 minutes, twice the retry budget), in one atomic call. A retry after a lost reply therefore
+returns the first result instead of applying the operation again.
+
+One retry loop wraps everything: exponential backoff with full jitter on connection errors,
+timeouts, and replies that prove the command did not run (``LOADING`` after a restart, ``MOVED``,
+``ASK``, ``TRYAGAIN``, ``CLUSTERDOWN``); never on other error replies such as ``WRONGTYPE``.
+Errors are classified by type (redis-py's exception classes; error replies of the wire path are
+mapped to them by redis-py's own table), never by message text. A call that finds all
+``max_connections`` slots busy for ``connect_timeout`` fails at once (StorageError, or
+OutcomeUnknown after an earlier attempt that may have been applied); each attempt waits at most
+``connect_timeout`` to connect and ``write_timeout``/``read_timeout`` for each write/read to
+make progress. After the last retry a
+``StorageError`` names the operation and the key; for the non-idempotent operations, when an
+attempt may have reached the server, it is :class:`~statekit.errors.OutcomeUnknown` (a
+StorageError): statekit never guesses. A batch that fails part-way may have applied part of it.
 """
 
 from __future__ import annotations
@@ -32,8 +55,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import hashlib
+import math
+import os
 import random
-import re
 import ssl
 import time
 from collections import defaultdict
@@ -43,32 +68,42 @@ from typing import Any, Final, TypeVar
 
 import hiredis
 import redis.asyncio as aioredis
+from redis._parsers import BaseParser
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
     AuthorizationError,
+    BusyLoadingError,
+    ClusterDownError,
     NoScriptError,
     RedisClusterException,
     RedisError,
     ResponseError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from statekit import _native
 from statekit.backends._redis_config import RedisConfig, RedisStats, parse_redis_url
-from statekit.backends._redis_wire import AuthError, WireError, WirePool
+from statekit.backends._redis_wire import AuthError, WireError, WireNotSent, WirePool
 from statekit.backends.base import (
+    MAX_TTL_SECONDS,
+    RESERVED_KEY_PREFIX,
     Item,
     ItemColumns,
     check_item_prefix,
+    check_key,
+    check_keys,
+    check_ttl,
     item_columns,
     parse_counter,
     prefix_upper_bound,
 )
-from statekit.errors import ConfigError, NotInitialized, StorageError
+from statekit.errors import ConfigError, CorruptData, InvalidKey, NotInitialized, OutcomeUnknown, StorageError
 
 __all__ = ["RedisConfig", "RedisStateBackend", "RedisStats"]
 
@@ -104,17 +139,53 @@ _PUT = f"""
 {_lua_index("ARGV[2]", "ARGV[3]")}
 return 1
 """
-# Like _PUT but only when the key holds nothing (SET NX).
-_PUT_NX = f"""
+
+
+def _remembered(body: str) -> str:
+    """Lua: run ``body`` (which ends in ``return``) at most once per request id.
+
+    A call that is not idempotent (``incr_by``, ``compare_and_set``, ...) may reach the server
+    and lose its reply; re-sending it would apply it twice. So each call carries a random request
+    id: KEYS[#KEYS] is its record key, ARGV[#ARGV] the record's TTL in ms. The first execution
+    stores its result there; a retry of the same call finds the record and gets the same result
+    without applying anything again. Results are nil, an integer or a string ("n", "i<int>",
+    "s<bytes>" in the record).
+    """
+    return f"""
+local seen = redis.call('GET', KEYS[#KEYS])
+if seen then
+  local kind = string.sub(seen, 1, 1)
+  if kind == 'n' then return false end
+  if kind == 'i' then return tonumber(string.sub(seen, 2)) end
+  return string.sub(seen, 2)
+end
+local function apply()
+{body}
+end
+local result = apply()
+local saved
+if not result then saved = 'n'
+elseif type(result) == 'number' then saved = 'i' .. result
+else saved = 's' .. result end
+redis.call('SET', KEYS[#KEYS], saved, 'PX', ARGV[#ARGV])
+return result
+"""
+
+
+# Like _PUT but only when the key holds nothing (SET NX). KEYS: key (, lex, exp), record.
+# ARGV: value, ttl ms ("0": none), member, "1" to update the index (standalone), record TTL.
+_PUT_NX_BODY = f"""
 local ok
 {_lua_set("ARGV[1]", "ARGV[2]", extra=", 'NX'", into="ok")}
 if not ok then return 0 end
+if ARGV[4] == '1' then
 {_lua_index("ARGV[2]", "ARGV[3]")}
+end
 return 1
 """
-# Compare-and-set. KEYS: key [, lex, exp]. ARGV: expected, "1" when the key must be absent,
-# value, ttl ms ("0": none), member. With the index keys (standalone), updates the index too.
-_CAS = f"""
+# Compare-and-set. KEYS: key (, lex, exp), record. ARGV: expected, "1" when the key must be
+# absent, value, ttl ms ("0": none), member, "1" to update the index (standalone), record TTL.
+_CAS_BODY = f"""
 local cur = redis.call('GET', KEYS[1])
 if ARGV[2] == '1' then
   if cur then return 0 end
@@ -122,7 +193,7 @@ elseif cur ~= ARGV[1] then
   return 0
 end
 {_lua_set("ARGV[3]", "ARGV[4]")}
-if #KEYS == 3 then
+if ARGV[6] == '1' then
 {_lua_index("ARGV[4]", "ARGV[5]")}
 end
 return 1
@@ -134,17 +205,41 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 return n
 """
-_GETDEL = """
+# KEYS: key (, lex, exp), record. ARGV: member, "1" to update the index (standalone), record TTL.
+_GETDEL_BODY = """
 local v = redis.call('GETDEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
+if ARGV[2] == '1' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+end
 return v
 """
-# KEYS: key (, lex, exp). ARGV: amount, ttl ms ("0": none), member, "1" to update the index
-# (standalone; a cluster keeps the index in another slot). Python int() syntax for the stored
-# value (surrounding ASCII whitespace, a sign, digit-group underscores), like the other backends;
-# the value is normalised before INCRBY, which keeps the key's TTL. "new:" marks a created key.
-_INCR = f"""
+# KEYS: n keys (, lex, exp), record. ARGV: "1" to update the index (standalone), the n members
+# (with the index only), record TTL. Returns how many keys existed. DEL/ZREM take at most 1000
+# arguments each (Lua's unpack has a stack limit).
+_DELETE_MANY_BODY = """
+local n = #KEYS - 1
+if ARGV[1] == '1' then n = n - 2 end
+local removed = 0
+for i = 1, n, 1000 do
+  removed = removed + redis.call('DEL', unpack(KEYS, i, math.min(i + 999, n)))
+end
+if ARGV[1] == '1' then
+  for i = 2, #ARGV - 1, 1000 do
+    local last = math.min(i + 999, #ARGV - 1)
+    redis.call('ZREM', KEYS[n + 1], unpack(ARGV, i, last))
+    redis.call('ZREM', KEYS[n + 2], unpack(ARGV, i, last))
+  end
+end
+return removed
+"""
+# KEYS: key (, lex, exp), record. ARGV: amount, ttl ms ("0": none), member, "1" to update the
+# index (standalone; a cluster keeps the index in another slot), record TTL. Python int() syntax
+# for the stored value (surrounding ASCII whitespace, a sign, digit-group underscores), like the
+# other backends; the value is normalised before INCRBY, which keeps the key's TTL. "new:" marks
+# a created key; nil means the value is not an integer (a reply, not an error: nothing to parse).
+# The result is read back with GET: Lua numbers are doubles, and tostring() would round them.
+_INCR_BODY = f"""
 local v = redis.call('GET', KEYS[1])
 if not v then
   {_lua_set("ARGV[1]", "ARGV[2]")}
@@ -157,14 +252,15 @@ local s = string.match(v, '^%s*(.-)%s*$')
 local sign, digits = string.match(s, '^([+-]?)([%d_]+)$')
 if not digits or string.find(digits, '__', 1, true) or string.sub(digits, 1, 1) == '_'
    or string.sub(digits, -1) == '_' then
-  return redis.error_reply('NOTINT value is not an integer')
+  return false
 end
 digits = string.gsub(digits, '_', '')
 digits = string.gsub(digits, '^0+', '')
 if digits == '' then digits = '0' end
 if sign == '-' and digits ~= '0' then digits = '-' .. digits end
 if digits ~= v then redis.call('SET', KEYS[1], digits, 'KEEPTTL') end
-return tostring(redis.call('INCRBY', KEYS[1], ARGV[1]))
+redis.call('INCRBY', KEYS[1], ARGV[1])
+return redis.call('GET', KEYS[1])
 """
 # KEYS: lex, exp, key of every member. ARGV: members. Drop members whose key does not exist.
 _PRUNE = """
@@ -192,10 +288,79 @@ end
 return #dead
 """
 
+
+class _Script:
+    """A Lua script sent by EVALSHA on the wire path (EVAL when the node does not have it yet)."""
+
+    __slots__ = ("body", "sha")
+
+    def __init__(self, body: str) -> None:
+        self.body = body
+        self.sha = hashlib.sha1(body.encode(), usedforsecurity=False).hexdigest()
+
+
+# The operations that are not idempotent, each remembered by request id.
+_PUT_NX = _Script(_remembered(_PUT_NX_BODY))
+_CAS = _Script(_remembered(_CAS_BODY))
+_GETDEL = _Script(_remembered(_GETDEL_BODY))
+_INCR = _Script(_remembered(_INCR_BODY))
+_DELETE_MANY = _Script(_remembered(_DELETE_MANY_BODY))
+
+#: Request records: KEY_PREFIX + id (standalone) or "{statekit-r<n>}:req:" + id (cluster, where
+#: "statekit-r<n>" is a hash tag of the data key's slot, so that one script can touch both).
+_RECORD_PREFIX: Final = RESERVED_KEY_PREFIX + "r}:req:"
+#: The shortest time a request record is kept (ms); longer when the retry budget is.
+_RECORD_MIN_MS: Final = 300_000
+_record_tags: list[str] = []
+
+
+def _record_tag(slot: int) -> str:
+    """A hash tag ``statekit-r<n>`` that lands in ``slot`` (a table of 16384, built on first use)."""
+    if not _record_tags:
+        tags: list[str | None] = [None] * _SLOTS
+        missing, start = _SLOTS, 0
+        while missing:  # about 160k candidate names: a few ms with the native CRC16
+            names = [f"{RESERVED_KEY_PREFIX[1:]}r{n}" for n in range(start, start + _SLOTS)]
+            for name, slot_of in zip(names, _native.hash_slots(names), strict=True):
+                if tags[slot_of] is None:
+                    tags[slot_of] = name
+                    missing -= 1
+            start += _SLOTS
+        _record_tags[:] = [t for t in tags if t is not None]
+    return _record_tags[slot]
+
+
+def _request_id() -> str:
+    # os.urandom, not the random module: forked workers share random's state and would repeat ids.
+    return os.urandom(12).hex()
+
+
 # The connection gate the current task holds, so that nested calls do not take a second slot.
 _HELD_GATE: ContextVar[asyncio.Semaphore | None] = ContextVar("statekit_redis_held_gate", default=None)
+# For a call that is not idempotent, set by _retry: [True] once the current attempt started to
+# write its request (errors before that prove it was not applied).
+_SENDING: ContextVar[list[bool] | None] = ContextVar("statekit_redis_sending", default=None)
 
-# RedisClusterException (not a RedisError): "Redis Cluster cannot be connected" when no node answers.
+
+class _NoFreeSlot(WireNotSent):
+    """Every connection slot stayed busy for ``connect_timeout``: the request was not sent."""
+
+
+def _sending() -> None:
+    """Note that the current attempt is about to write its request."""
+    flag = _SENDING.get()
+    if flag is not None:
+        flag[0] = True
+
+
+# Failures that prove the command was not executed, whatever it was: retried like any other
+# (LOADING: the server is loading its dataset after a restart; MOVED/ASK/TRYAGAIN/CLUSTERDOWN: a
+# cluster node refused it; WireNotSent: nothing was written). BusyLoadingError is a redis-py
+# ConnectionError, MOVED & co are ResponseErrors: this tuple is checked before both.
+_NOT_RUN: Final = (WireNotSent, BusyLoadingError, AskError, TryAgainError, ClusterDownError)
+# Failures after which the request may or may not have been applied: retried, and a request that
+# is not idempotent counts as possibly applied. RedisClusterException (not a RedisError):
+# "Redis Cluster cannot be connected" when no node answers.
 _RETRYABLE: Final = (
     RedisConnectionError,
     RedisTimeoutError,
@@ -204,7 +369,18 @@ _RETRYABLE: Final = (
     OSError,
     TimeoutError,
 )
-_MOVED = re.compile(r"^(MOVED|ASK|TRYAGAIN|CLUSTERDOWN)\b")
+
+
+def _bound(value: object) -> str:
+    """A range bound or key prefix, checked like a key (InvalidKey) but possibly empty or reserved.
+
+    The index holds user keys only, so a bound inside the reserved namespace is harmless.
+    """
+    if isinstance(value, bytes | bytearray | memoryview) and not value:
+        return ""
+    if isinstance(value, str) and (not value or value.startswith(RESERVED_KEY_PREFIX)):
+        return check_key("k" + value)[1:]  # the type and UTF-8 checks of a key, on a key-like text
+    return check_key(value)
 
 
 def _px(ttl: float | None) -> int:
@@ -235,7 +411,10 @@ class RedisStateBackend:
             raise ConfigError("pass either a RedisConfig or keyword options, not both")
         self.config = config
         self._prefix = config.key_prefix
-        tag = "{statekit-index:" + config.key_prefix + "}"
+        # A prefix such as "{" or "{state" would let a user key complete the reserved namespace
+        # ("{" + "statekit-index:}:lex"): then the full key is checked too.
+        self._prefix_can_reach_reserved = bool(self._prefix) and RESERVED_KEY_PREFIX.startswith(self._prefix)
+        tag = RESERVED_KEY_PREFIX + "index:" + config.key_prefix + "}"
         self._lex = tag + ":lex"
         self._exp = tag + ":exp"
         self._cluster = config.cluster_mode
@@ -258,6 +437,11 @@ class RedisStateBackend:
         # connection is busy; operations beyond max_connections wait here for a free one instead.
         self._gate = asyncio.Semaphore(config.max_connections)
         self._cluster_started = False
+        # A request record must outlive every retry of its call: the worst case of one call is
+        # (1 + max_retries) attempts of (slot wait + connect + write + read) plus the backoffs.
+        attempt = 2 * config.connect_timeout + config.write_timeout + config.read_timeout
+        budget = (1 + config.max_retries) * attempt + config.max_retries * config.retry_max_delay
+        self._record_ms = max(_RECORD_MIN_MS, math.ceil(2000 * budget))
 
     def __repr__(self) -> str:
         return f"RedisStateBackend({self.config!r})"
@@ -323,49 +507,94 @@ class RedisStateBackend:
 
     # -- the retry loop ------------------------------------------------------------------
 
-    async def _retry(self, op: str, key: str | None, call: Callable[[], Awaitable[T]]) -> T:
+    async def _retry(
+        self, op: str, key: str | None, call: Callable[[], Awaitable[T]], *, unsafe: bool = False
+    ) -> T:
+        """Run ``call`` until it succeeds, retrying connection failures with backoff.
+
+        ``unsafe``: the call is not idempotent (it is protected by a request record, see
+        :func:`_remembered`). Retrying it is then safe, but when the retries run out after an
+        attempt that may have reached the server, the result is OutcomeUnknown, never a guess.
+        """
         if self._closed:
             raise NotInitialized("the Redis backend is closed", backend_type=self.backend_type)
         cfg = self.config
         attempt = 0
         started = time.perf_counter()
-        while True:
-            try:
-                result = await self._gated(call)
-            except (AuthenticationError, AuthorizationError, AuthError) as exc:
-                self._stats.error_count += 1
-                raise self._error(op, key, f"authentication failed ({_safe(exc, self._password)})") from None
-            except ResponseError as exc:
-                self._stats.error_count += 1
-                raise self._error(
-                    op, key, f"Redis replied with an error: {_safe(exc, self._password)}"
-                ) from None
-            except _RETRYABLE as exc:
-                if attempt >= cfg.max_retries:
+        sent = [False]
+        token = _SENDING.set(sent if unsafe else None)
+        maybe_applied = False
+        try:
+            while True:
+                sent[0] = False
+                failure: BaseException
+                final = attempt >= cfg.max_retries
+                try:
+                    result = await self._gated(call)
+                except (AuthenticationError, AuthorizationError, AuthError) as exc:
                     self._stats.error_count += 1
                     raise self._error(
-                        op,
-                        key,
-                        f"failed after {attempt + 1} attempt(s): {_safe(exc, self._password)}; "
-                        "check that the server is up and reachable",
+                        op, key, f"authentication failed ({_safe(exc, self._password)})"
+                    ) from None
+                except _NoFreeSlot as exc:
+                    failure = exc
+                    final = True  # waiting for a slot again would only prolong the wait
+                except _NOT_RUN as exc:
+                    failure = exc  # not executed: safe to send again
+                except ResponseError as exc:
+                    self._stats.error_count += 1
+                    raise self._error(
+                        op, key, f"Redis replied with an error: {_safe(exc, self._password)}"
+                    ) from None
+                except _RETRYABLE as exc:
+                    failure = exc
+                    maybe_applied = maybe_applied or sent[0]
+                except RedisError as exc:
+                    self._stats.error_count += 1
+                    raise self._error(op, key, _safe(exc, self._password)) from None
+                else:
+                    self._latency_total_us += int((time.perf_counter() - started) * 1e6)
+                    self._latency_count += 1
+                    return result
+                if final:
+                    self._stats.error_count += 1
+                    detail = f"failed after {attempt + 1} attempt(s): {_safe(failure, self._password)}"
+                    if maybe_applied:
+                        where = f" key {key!r}" if key is not None else ""
+                        raise OutcomeUnknown(
+                            f"redis {op}{where}: {detail}; the request may or may not have been "
+                            "applied (it is not safe to repeat blindly): read the key to find out",
+                            backend_type=self.backend_type,
+                            key=key,
+                        ) from None
+                    raise self._error(
+                        op, key, f"{detail}; check that the server is up and reachable"
                     ) from None
                 delay = min(cfg.retry_max_delay, cfg.retry_base_delay * (2**attempt))
                 attempt += 1
                 self._stats.retry_count += 1
                 await asyncio.sleep(random.uniform(0, delay))
-                continue
-            except RedisError as exc:
-                self._stats.error_count += 1
-                raise self._error(op, key, _safe(exc, self._password)) from None
-            self._latency_total_us += int((time.perf_counter() - started) * 1e6)
-            self._latency_count += 1
-            return result
+        finally:
+            _SENDING.reset(token)
 
     async def _gated(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Run ``call`` holding one of the ``max_connections`` slots (once per task: re-entrant)."""
+        """Run ``call`` holding one of the ``max_connections`` slots (once per task: re-entrant).
+
+        Waiting for a slot is bounded by ``connect_timeout``: when every connection is stuck on
+        a stalled server, later callers fail instead of queueing behind them (not retried: a
+        second wait would only make the caller wait longer for the same stalled server).
+        """
         if _HELD_GATE.get() is self._gate:
             return await call()
-        async with self._gate:
+        timeout = self.config.connect_timeout
+        try:
+            await asyncio.wait_for(self._gate.acquire(), timeout)
+        except TimeoutError:
+            raise _NoFreeSlot(
+                f"no free connection slot within {timeout}s (all {self.config.max_connections} busy: "
+                "the server is stalled or overloaded)"
+            ) from None
+        try:
             if self._cluster and not self._cluster_started:
                 # redis-py's RedisCluster starts lazily, and commands sent concurrently while it does
                 # can run on connections it is recycling ("Connection closed by server"): start it
@@ -377,6 +606,8 @@ class RedisStateBackend:
                 return await call()
             finally:
                 _HELD_GATE.reset(token)
+        finally:
+            self._gate.release()
 
     def _error(self, op: str, key: str | None, detail: str) -> StorageError:
         where = f" key {key!r}" if key is not None else ""
@@ -395,12 +626,67 @@ class RedisStateBackend:
         self._shas[name] = await client.script_load(body)
         return await client.evalsha(self._shas[name], len(keys), *keys, *args)
 
-    def _ttl(self, ttl: float | None) -> float | None:
-        return self.config.default_ttl if ttl is None else ttl
+    def _ttl(self, ttl: object) -> float | None:
+        """A validated TTL (ConfigError before anything is sent), or the default one."""
+        return self.config.default_ttl if ttl is None else check_ttl(ttl)
+
+    def _key(self, key: object) -> str:
+        """A validated key (InvalidKey before anything is sent); UTF-8 bytes become str."""
+        key = check_key(key)
+        if self._prefix_can_reach_reserved and (self._prefix + key).startswith(RESERVED_KEY_PREFIX):
+            raise InvalidKey(
+                f"key {key!r} with the key prefix {self._prefix!r} is in statekit's reserved namespace "
+                f"({RESERVED_KEY_PREFIX!r}...)",
+                key=key,
+            )
+        return key
+
+    def _keys(self, keys: Iterable[object]) -> list[str]:
+        """Every key validated, all before any is used (a batch is valid whole)."""
+        checked = check_keys(keys)
+        if self._prefix_can_reach_reserved:
+            for key in checked:
+                self._key(key)
+        return checked
+
+    def _record(self, full_key: str, rid: str) -> str:
+        """The request record key of one call on ``full_key`` (in its slot, in a cluster)."""
+        if self._cluster:
+            return "{" + _record_tag(_native.hash_slot(full_key)) + "}:req:" + rid
+        return _RECORD_PREFIX + rid
+
+    async def _node_pool(self, full_key: str) -> WirePool:
+        """The wire pool of the node that serves ``full_key``."""
+        if self._cluster:
+            slots = self._slot_map or await self._refresh_slots()
+            return self._pool(*slots[_native.hash_slot(full_key)])
+        node = self._nodes[0]
+        return self._pool(node["host"], node["port"])
+
+    async def _eval(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
+        """One attempt of ``script`` on the node serving ``keys[0]``, through the wire path.
+
+        The wire path tells "never sent" (WireNotSent) from "sent, no reply" (WireError), which
+        redis-py does not by type; error replies come back as redis-py's typed exceptions.
+        """
+        pool = await self._node_pool(keys[0])
+        tail = [len(keys), *keys, *args]
+        _sending()
+        [[reply]] = await pool.pipeline([_native.encode_commands([["EVALSHA", script.sha, *tail]])], [1])
+        if isinstance(reply, hiredis.ReplyError) and isinstance(_reply_error(reply), NoScriptError):
+            # Not loaded on this node yet (first use, restart, failover, SCRIPT FLUSH): nothing ran.
+            [[reply]] = await pool.pipeline([_native.encode_commands([["EVAL", script.body, *tail]])], [1])
+        if isinstance(reply, hiredis.ReplyError):
+            error = _reply_error(reply)
+            if isinstance(error, AskError):  # MOVED or ASK: the slot map is stale
+                self._slot_map = None
+            raise error
+        return reply
 
     # -- single keys ---------------------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
+        key = self._key(key)
         client = self._redis()
         full = self._prefix + key
         value: bytes | None = await self._retry("get", key, lambda: client.get(full))
@@ -414,11 +700,13 @@ class RedisStateBackend:
         return value
 
     async def exists(self, key: str) -> bool:
+        key = self._key(key)
         client = self._redis()
         full = self._prefix + key
         return bool(await self._retry("exists", key, lambda: client.exists(full)))
 
     async def put(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        key = self._key(key)
         px = _px(self._ttl(ttl))
         full = self._prefix + key
         if self._cluster:
@@ -438,27 +726,32 @@ class RedisStateBackend:
         self._stats.put_count += 1
         self._stats.bytes_written += len(value)
 
+    # The next four are not idempotent: each call sends one request id with every attempt (see
+    # _remembered), so a retry after a lost reply returns the first attempt's result.
+
     async def set_if_not_exists(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        key = self._key(key)
         px = _px(self._ttl(ttl))
         full = self._prefix + key
+        record = self._record(full, _request_id())
         if self._cluster:
-            client = self._redis()
 
             async def call() -> bool:
                 await self._index_add([key], 0, touch_exp=False)
-                stored = bool(await client.set(full, value, nx=True, px=px or None))
+                stored = bool(
+                    await self._eval(_PUT_NX, [full, record], [value, px, key, "0", self._record_ms])
+                )
                 if stored:
                     await self._index_add([key], px)
                 return stored
 
-            stored = await self._retry("set_if_not_exists", key, call)
         else:
-            keys = (full, self._lex, self._exp)
-            stored = bool(
-                await self._retry(
-                    "set_if_not_exists", key, lambda: self._script("put_nx", _PUT_NX, keys, (value, px, key))
-                )
-            )
+            keys = [full, self._lex, self._exp, record]
+
+            async def call() -> bool:
+                return bool(await self._eval(_PUT_NX, keys, [value, px, key, "1", self._record_ms]))
+
+        stored = await self._retry("set_if_not_exists", key, call, unsafe=True)
         if stored:
             self._stats.put_count += 1
             self._stats.bytes_written += len(value)
@@ -467,34 +760,44 @@ class RedisStateBackend:
     async def compare_and_set(
         self, key: str, expected: bytes | None, value: bytes, ttl: float | None = None
     ) -> bool:
+        key = self._key(key)
         px = _px(self._ttl(ttl))
         full = self._prefix + key
-        args = (b"" if expected is None else expected, "1" if expected is None else "0", value, px, key)
+        record = self._record(full, _request_id())
+        args: list[Any] = [
+            b"" if expected is None else expected,
+            "1" if expected is None else "0",
+            value,
+            px,
+            key,
+        ]
         if self._cluster:
             client = self._redis()
 
             async def call() -> bool:
                 # The index lives in another slot: add the member first (it may lead, never lag).
                 await self._index_add([key], 0, touch_exp=False)
-                stored = bool(await self._script("cas", _CAS, (full,), args))
+                stored = bool(await self._eval(_CAS, [full, record], [*args, "0", self._record_ms]))
                 if stored:
                     await self._index_add([key], px)
                 elif not await client.exists(full):
                     await self._prune([key])  # the member added above has no key behind it
                 return stored
 
-            stored = await self._retry("compare_and_set", key, call)
         else:
-            keys = (full, self._lex, self._exp)
-            stored = bool(
-                await self._retry("compare_and_set", key, lambda: self._script("cas", _CAS, keys, args))
-            )
+            keys = [full, self._lex, self._exp, record]
+
+            async def call() -> bool:
+                return bool(await self._eval(_CAS, keys, [*args, "1", self._record_ms]))
+
+        stored = await self._retry("compare_and_set", key, call, unsafe=True)
         if stored:
             self._stats.put_count += 1
             self._stats.bytes_written += len(value)
         return stored
 
     async def delete(self, key: str) -> bool:
+        key = self._key(key)
         full = self._prefix + key
         if self._cluster:
             client = self._redis()
@@ -512,47 +815,53 @@ class RedisStateBackend:
         return bool(removed)
 
     async def get_and_delete(self, key: str) -> bytes | None:
+        key = self._key(key)
         full = self._prefix + key
+        record = self._record(full, _request_id())
         if self._cluster:
-            client = self._redis()
 
             async def call() -> bytes | None:
-                value: bytes | None = await client.getdel(full)
+                value: bytes | None = await self._eval(_GETDEL, [full, record], [key, "0", self._record_ms])
                 await self._index_remove([key])
                 return value
 
-            value = await self._retry("get_and_delete", key, call)
         else:
-            keys = (full, self._lex, self._exp)
-            value = await self._retry(
-                "get_and_delete", key, lambda: self._script("getdel", _GETDEL, keys, (key,))
-            )
+            keys = [full, self._lex, self._exp, record]
+
+            async def call() -> bytes | None:
+                value: bytes | None = await self._eval(_GETDEL, keys, [key, "1", self._record_ms])
+                return value
+
+        value = await self._retry("get_and_delete", key, call, unsafe=True)
         self._stats.delete_count += 1
         return value
 
     async def incr_by(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        key = self._key(key)
+        if isinstance(amount, bool) or not isinstance(amount, int):
+            raise TypeError(f"amount must be an int, got {type(amount).__name__}")
         px = _px(self._ttl(ttl))
         full = self._prefix + key
+        record = self._record(full, _request_id())
         cluster = self._cluster
 
-        async def call() -> bytes:
+        async def call() -> bytes | None:
             if cluster:  # the index first: it may lead the value, never lag
                 await self._index_add([key], 0, touch_exp=False)
-                raw = await self._script("incr", _INCR, (full,), (amount, px, key, "0"))
+                raw = await self._eval(_INCR, [full, record], [amount, px, key, "0", self._record_ms])
             else:
-                keys = (full, self._lex, self._exp)
-                raw = await self._script("incr", _INCR, keys, (amount, px, key, "1"))
+                keys = [full, self._lex, self._exp, record]
+                raw = await self._eval(_INCR, keys, [amount, px, key, "1", self._record_ms])
+            if raw is None:  # the stored value is not an integer
+                return None
             raw = bytes(raw)
             if cluster and raw.startswith(b"new:"):  # a fresh key: set or clear its expiry entry
                 await self._index_add([key], px)
             return raw
 
-        try:
-            raw = await self._retry("incr_by", key, call)
-        except StorageError as exc:
-            if "NOTINT" in str(exc):
-                return parse_counter(b"not an integer", key, self.backend_type)
-            raise
+        raw = await self._retry("incr_by", key, call, unsafe=True)
+        if raw is None:
+            return parse_counter(b"not an integer", key, self.backend_type)
         return int(raw.removeprefix(b"new:"))
 
     # -- ranges --------------------------------------------------------------------------
@@ -560,6 +869,10 @@ class RedisStateBackend:
     async def range(
         self, start: str, end: str | None = None, limit: int | None = None
     ) -> list[tuple[str, bytes]]:
+        start = _bound(start)
+        end = None if end is None else _bound(end)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise TypeError(f"limit must be an int or None, got {type(limit).__name__}")
         if limit is not None and limit <= 0:
             self._redis()
             return []
@@ -568,7 +881,7 @@ class RedisStateBackend:
         return rows
 
     async def list_keys(self, prefix: str = "") -> list[str]:
-        return [key for key, _ in await self._scan_index("list_keys", prefix, None, None)]
+        return [key for key, _ in await self._scan_index("list_keys", _bound(prefix), None, None)]
 
     async def _scan_index(
         self, op: str, start: str, end: str | None, limit: int | None
@@ -667,8 +980,8 @@ class RedisStateBackend:
     # -- batches -------------------------------------------------------------------------
 
     async def batch_get(self, keys: Sequence[str]) -> list[bytes | None]:
+        keys = self._keys(keys)
         self._redis()
-        keys = list(keys)
         if not keys:
             return []
         prefix = self._prefix
@@ -685,11 +998,14 @@ class RedisStateBackend:
         return values
 
     async def batch_put(self, pairs: Iterable[tuple[str, bytes]], ttl: float | None = None) -> None:
-        self._redis()
         items = pairs if isinstance(pairs, list) else list(pairs)
+        px = _px(self._ttl(ttl))
+        keys = self._keys([k for k, _ in items])
+        if any(k is not c for (k, _), c in zip(items, keys, strict=True)):  # bytes keys became str
+            items = [(k, v) for k, (_, v) in zip(keys, items, strict=True)]
+        self._redis()
         if not items:
             return
-        px = _px(self._ttl(ttl))
         if self._cluster:
             await self._cluster_put(items, px)
         else:
@@ -727,33 +1043,34 @@ class RedisStateBackend:
             cmds.append(["EXEC"])
             payloads.append(encode(cmds))
             counts.append(len(cmds))
-        replies = await self._standalone_pipeline("batch_put", items[0][0], payloads, counts)
+        replies = await self._standalone_pipeline(
+            "batch_put", items[0][0], payloads, counts, check=_check_exec
+        )
         for reply in replies:
             _check_exec(reply)
 
     async def batch_delete(self, keys: Sequence[str]) -> int:
+        return await self._delete_keys(self._keys(keys))
+
+    async def _delete_keys(self, keys: list[str]) -> int:
         self._redis()
-        keys = list(keys)
         if not keys:
             return 0
+        rid = _request_id()  # one per call: a retried chunk is remembered, never counted twice
         if self._cluster:
-            removed = await self._cluster_delete(keys)
+            removed = await self._cluster_delete(keys, rid)
         else:
             size = self.config.pipeline_batch_size
             payloads, counts = [], []
-            for i in range(0, len(keys), size):
+            for n, i in enumerate(range(0, len(keys), size)):
                 chunk = keys[i : i + size]
-                cmds: list[list[Any]] = [
-                    ["MULTI"],
-                    ["DEL", *(self._prefix + k for k in chunk)],
-                    ["ZREM", self._lex, *chunk],
-                    ["ZREM", self._exp, *chunk],
-                    ["EXEC"],
-                ]
-                payloads.append(_native.encode_commands(cmds))
-                counts.append(len(cmds))
-            replies = await self._standalone_pipeline("batch_delete", keys[0], payloads, counts)
-            removed = sum(int(_check_exec(reply)[0]) for reply in replies)
+                cmd: list[Any] = ["EVAL", _DELETE_MANY.body, len(chunk) + 3]
+                cmd += [self._prefix + k for k in chunk]
+                cmd += [self._lex, self._exp, f"{_RECORD_PREFIX}{rid}:{n}", "1", *chunk, self._record_ms]
+                payloads.append(_native.encode_commands([cmd]))
+                counts.append(1)
+            replies = await self._standalone_pipeline("batch_delete", keys[0], payloads, counts, unsafe=True)
+            removed = sum(int(_check(reply[0])) for reply in replies)
         stats = self._stats
         stats.pipeline_count += 1
         stats.batch_count += 1
@@ -761,11 +1078,33 @@ class RedisStateBackend:
         return removed
 
     async def _standalone_pipeline(
-        self, op: str, key: str, payloads: list[bytes], counts: list[int]
+        self,
+        op: str,
+        key: str,
+        payloads: list[bytes],
+        counts: list[int],
+        *,
+        unsafe: bool = False,
+        check: Callable[[list[Any]], object] | None = None,
     ) -> list[list[Any]]:
+        """Send ``payloads`` in one round trip; each payload's replies are checked by ``check``.
+
+        The check runs inside the retry loop, so an error reply becomes a StorageError naming
+        ``op`` and ``key`` (never a redis-py exception escaping to the caller).
+        """
         node = self._nodes[0]
         pool = self._pool(node["host"], node["port"])
-        return await self._retry(op, key, lambda: pool.pipeline(payloads, counts))
+        check_payload = _check_all if check is None else check
+
+        async def attempt() -> list[list[Any]]:
+            _sending()
+            replies = await pool.pipeline(payloads, counts)
+            _raise_if_not_run(replies)  # e.g. LOADING after a restart: send again
+            for reply in replies:
+                check_payload(reply)
+            return replies
+
+        return await self._retry(op, key, attempt, unsafe=unsafe)
 
     def _server_ms(self) -> int:
         # Expiry scores only order and count the TTL index; the server's own PX decides expiry.
@@ -789,20 +1128,28 @@ class RedisStateBackend:
                     slots[slot] = owner
             self._slot_map = slots
             return slots
-        raise WireError(f"no cluster node answered CLUSTER SLOTS: {last}")
+        raise WireNotSent(f"no cluster node answered CLUSTER SLOTS: {last}")
 
-    async def _cluster_run(self, op: str, key: str, commands: list[tuple[int, list[Any]]]) -> list[Any]:
-        """Run single-slot commands on their nodes, concurrently; replies aligned with ``commands``."""
+    async def _cluster_run(
+        self, op: str, key: str, commands: list[tuple[int, list[Any]]], *, unsafe: bool = False
+    ) -> list[Any]:
+        """Run single-slot commands on their nodes, concurrently; replies aligned with ``commands``.
+
+        Commands a node refused unexecuted (MOVED, ASK, TRYAGAIN, CLUSTERDOWN, LOADING) are sent
+        again, alone, with a fresh slot map; so are those of a node whose connection failed.
+        """
         replies: list[Any] = [None] * len(commands)
         pending = list(range(len(commands)))
         size = self.config.pipeline_batch_size
 
         async def attempt() -> None:
             nonlocal pending
+            refusals: list[RedisError] = []
             slots = self._slot_map or await self._refresh_slots()
             by_node: dict[tuple[str, int], list[int]] = defaultdict(list)
             for i in pending:
                 by_node[slots[commands[i][0]]].append(i)
+            _sending()
 
             async def run_node(node: tuple[str, int], indices: list[int]) -> list[int]:
                 chunks = [indices[j : j + size] for j in range(0, len(indices), size)]
@@ -811,8 +1158,11 @@ class RedisStateBackend:
                 redo = []
                 for chunk, result in zip(chunks, results, strict=True):
                     for i, reply in zip(chunk, result, strict=True):
-                        if isinstance(reply, hiredis.ReplyError) and _MOVED.match(str(reply)):
+                        if isinstance(reply, hiredis.ReplyError) and isinstance(
+                            _reply_error(reply), _NOT_RUN
+                        ):
                             redo.append(i)
+                            refusals.append(_reply_error(reply))
                         else:
                             replies[i] = reply
                 return redo
@@ -828,14 +1178,21 @@ class RedisStateBackend:
                     failure = outcome
                 else:
                     redo.extend(outcome)
-            pending = redo
             if redo:
                 self._slot_map = None
                 if failure is not None:
+                    pending = redo
                     raise failure
-                raise WireError("cluster topology changed (MOVED); retrying with a fresh slot map")
+                if len(redo) < len(pending) or len(pending) < len(commands):  # part of it ran
+                    pending = redo
+                    raise WireError(
+                        f"a cluster node refused part of a pipeline ({refusals[0]}); sending it again"
+                    )
+                raise refusals[0]  # none of it ran
+            for reply in replies:  # inside the retry loop: an error reply becomes a StorageError
+                _check(reply)
 
-        await self._retry(op, key, attempt)
+        await self._retry(op, key, attempt, unsafe=unsafe)
         return replies
 
     async def _cluster_mget(self, full_keys: list[str], op: str) -> list[bytes | None]:
@@ -875,13 +1232,19 @@ class RedisStateBackend:
         for reply in replies:
             _check(reply)
 
-    async def _cluster_delete(self, keys: list[str]) -> int:
+    async def _cluster_delete(self, keys: list[str], rid: str) -> int:
         full = [self._prefix + k for k in keys]
         groups: dict[int, list[str]] = defaultdict(list)
         for slot, f in zip(_native.hash_slots(full), full, strict=True):
             groups[slot].append(f)
-        commands = [(slot, ["DEL", *dict.fromkeys(fs)]) for slot, fs in groups.items()]
-        replies = await self._cluster_run("batch_delete", keys[0], commands)
+        commands: list[tuple[int, list[Any]]] = []
+        for slot, fs in groups.items():  # one remembered script per slot, its record in that slot
+            record = "{" + _record_tag(slot) + "}:req:" + rid
+            unique = list(dict.fromkeys(fs))
+            commands.append(
+                (slot, ["EVAL", _DELETE_MANY.body, len(unique) + 1, *unique, record, "0", self._record_ms])
+            )
+        replies = await self._cluster_run("batch_delete", keys[0], commands, unsafe=True)
         removed = sum(int(_check(r)) for r in replies)
         size = self.config.pipeline_batch_size
         for i in range(0, len(keys), size):  # the index after the values: it may lead, never lag
@@ -917,6 +1280,7 @@ class RedisStateBackend:
         may or may not be in it; a key deleted during it is left out. Needs Redis >= 7.0
         (``PEXPIRETIME``).
         """
+        prefix = _bound(prefix)
         names = await self._index_names(prefix)
         full = [self._prefix + n for n in names]
         rows: list[tuple[bytes | None, int]] = []
@@ -930,15 +1294,20 @@ class RedisStateBackend:
                 cmds.append(["EXEC"])
                 payloads.append(_native.encode_commands(cmds))
                 counts.append(len(cmds))
-            for reply in await self._standalone_pipeline("export_items", names[0], payloads, counts):
+            replies = await self._standalone_pipeline(
+                "export_items", names[0], payloads, counts, check=_check_exec
+            )
+            for reply in replies:
                 result = _check_exec(reply)
                 rows.extend(zip(result[0], result[1:], strict=True))
         elif full:
             slots = _native.hash_slots(full)
             commands = [(slot, ["GET", f]) for slot, f in zip(slots, full, strict=True)]
             commands += [(slot, ["PEXPIRETIME", f]) for slot, f in zip(slots, full, strict=True)]
-            replies = [_check(r) for r in await self._cluster_run("export_items", names[0], commands)]
-            rows = list(zip(replies[: len(full)], replies[len(full) :], strict=True))
+            values_then_expiries = await self._cluster_run("export_items", names[0], commands)
+            rows = list(
+                zip(values_then_expiries[: len(full)], values_then_expiries[len(full) :], strict=True)
+            )
         keys: list[str] = []
         values: list[bytes] = []
         expires: list[float | None] = []
@@ -959,19 +1328,28 @@ class RedisStateBackend:
         raises StorageError and leaves a partial state; run the restore again. Items whose
         absolute expiry has passed (by this machine's clock) are skipped.
         """
+        prefix = _bound(prefix)
         columns = item_columns(items)
+        keys = self._keys(columns.keys)  # everything is checked before the old keys go
+        if any(k is not c for k, c in zip(columns.keys, keys, strict=True)):
+            columns = ItemColumns(keys, columns.values, columns.expires_at)
         check_item_prefix(columns.keys, prefix)
-        old = await self._index_names(prefix)
-        if old:
-            await self.batch_delete(old)
         now = time.time()
         forever: list[tuple[str, bytes]] = []
         expiring: list[tuple[str, bytes, int]] = []
         for key, value, expires_at in columns:
             if expires_at is None:
                 forever.append((key, value))
-            elif expires_at > now:
+                continue
+            if not isinstance(expires_at, int | float) or not expires_at - now <= MAX_TTL_SECONDS:
+                raise CorruptData(
+                    f"item {key!r} has expires_at {expires_at!r}: not a unix time within 100 years"
+                )
+            if expires_at > now:
                 expiring.append((key, value, int(expires_at * 1000)))
+        old = await self._index_names(prefix)
+        if old:
+            await self._delete_keys(old)  # index members as they are (not re-validated)
         if forever:
             await self.batch_put(forever)
         if expiring:
@@ -1011,7 +1389,10 @@ class RedisStateBackend:
                 cmds.append(["EXEC"])
                 payloads.append(_native.encode_commands(cmds))
                 counts.append(len(cmds))
-            for reply in await self._standalone_pipeline("replace_prefix", items[0][0], payloads, counts):
+            replies = await self._standalone_pipeline(
+                "replace_prefix", items[0][0], payloads, counts, check=_check_exec
+            )
+            for reply in replies:
                 _check_exec(reply)
         self._stats.put_count += len(items)
         self._stats.bytes_written += sum(len(v) for _, v, _ in items)
@@ -1061,6 +1442,7 @@ class RedisStateBackend:
         the last ``refresh_stats(prefix)``. ``total_keys`` counts index members: keys deleted by
         another client without going through statekit stay counted until a read prunes them.
         """
+        prefix = _bound(prefix)
         client = self._redis()
         await self._retry("stats", None, self._prune_expired)
         upper = prefix_upper_bound(prefix)
@@ -1120,10 +1502,48 @@ return 1
 """
 
 
+def _reply_error(reply: hiredis.ReplyError) -> RedisError:
+    """An error reply of the wire path as the typed redis-py exception (BusyLoadingError, MovedError, ...).
+
+    redis-py's own parser table maps the reply's error code (its first word, as RESP defines it)
+    to the class, so both paths classify errors the same way and by type.
+    """
+    error: RedisError = BaseParser.parse_error(str(reply))  # type: ignore[no-untyped-call]
+    return error
+
+
 def _check(reply: Any) -> Any:
     if isinstance(reply, hiredis.ReplyError):
-        raise ResponseError(str(reply))
+        raise _reply_error(reply)
     return reply
+
+
+def _raise_if_not_run(replies: list[list[Any]]) -> None:
+    """Raise when a server refused a payload of a pipeline unexecuted (LOADING, ...).
+
+    When no payload ran, the refusal itself (one of ``_NOT_RUN``: sending again is always safe);
+    when some did, a WireError (retried too, but a request that is not idempotent may have been
+    applied in part). Other error replies are left to the caller.
+    """
+    refused: RedisError | None = None
+    ran = False
+    for payload in replies:
+        errors = (_reply_error(r) for r in payload if isinstance(r, hiredis.ReplyError))
+        not_run = next((e for e in errors if isinstance(e, _NOT_RUN)), None)
+        if not_run is None:
+            ran = True
+        elif refused is None:
+            refused = not_run
+    if refused is None:
+        return
+    if ran:
+        raise WireError(f"Redis refused part of a pipeline ({refused}); sending it again")
+    raise refused
+
+
+def _check_all(replies: list[Any]) -> None:
+    for reply in replies:
+        _check(reply)
 
 
 def _check_exec(replies: list[Any]) -> list[Any]:
