@@ -117,8 +117,11 @@ async def test_atomic_operations(backend: RedisStateBackend) -> None:
     assert await backend.list_keys() == []
     assert await backend.incr_by("n") == 1
     assert await backend.incr_by("n", 41) == 42
-    await backend.put("spaced", b" 0_7 ")  # Python int() syntax, like the other backends
-    assert await backend.incr_by("spaced", 1) == 8
+    for loose in (b" 7", b"0_7", b"07", b"-0", b"+7", b"7.0", b"9223372036854775808"):
+        await backend.put("loose", loose)  # not canonical ASCII decimal: not a counter anywhere
+        with pytest.raises(StorageError, match="not an integer"):
+            await backend.incr_by("loose", 1)
+        assert await backend.get("loose") == loose
     await backend.put("text", b"abc")
     with pytest.raises(StorageError, match="not an integer") as info:
         await backend.incr_by("text")

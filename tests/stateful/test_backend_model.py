@@ -34,7 +34,7 @@ limits = st.none() | st.integers(min_value=0, max_value=5)
 # What a caller may wrongly pass as a key: each must be refused before anything is written.
 bad_keys = st.sampled_from(["", b"", b"\xff", "a\udc80", 7, None, RESERVED_KEY_PREFIX + "index:}:lex"])
 bad_ttls = st.sampled_from([0, -1.0, float("nan"), float("inf"), 1e300])
-COUNTER = re.compile(rb"-?[0-9]{1,19}")
+COUNTER = re.compile(rb"0|-?[1-9][0-9]{0,18}")
 
 
 def as_counter(raw: bytes) -> int | None:

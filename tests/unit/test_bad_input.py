@@ -205,3 +205,17 @@ def test_max_ttl_is_representable_everywhere() -> None:
     # Absolute expiry in ms must fit a signed 64-bit integer (Redis PEXPIREAT, SQLite INTEGER).
     assert (2e9 + MAX_TTL_SECONDS) * 1000 < 2**63
     assert math.isfinite(MAX_TTL_SECONDS)
+
+
+@pytest.mark.parametrize(
+    "loose", [b" 7", b"0_7", b"07", b"-0", b"+7", b"7.0", b"9223372036854775808", b"1e3"]
+)
+async def test_only_canonical_decimal_is_a_counter_on_every_backend(
+    backend: StateBackend, loose: bytes
+) -> None:
+    from statekit.errors import StorageError
+
+    await backend.put("loose", loose)
+    with pytest.raises(StorageError, match="not an integer"):
+        await backend.incr_by("loose", 1)
+    assert await backend.get("loose") == loose

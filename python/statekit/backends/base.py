@@ -208,8 +208,9 @@ def check_limit(limit: object) -> int | None:
     return limit
 
 
-#: What a stored counter looks like: ASCII decimal, as Redis' INCRBY writes it.
-COUNTER_PATTERN: Final = re.compile(rb"-?[0-9]{1,19}")
+#: What a stored counter looks like: canonical ASCII decimal (no sign on zero, no leading zeros),
+#: exactly what Redis' INCRBY reads and writes, so every backend agrees on what is a counter.
+COUNTER_PATTERN: Final = re.compile(rb"0|-?[1-9][0-9]{0,18}")
 
 #: Counters are signed 64-bit on every backend (Redis' INCRBY range), so they behave alike.
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -489,7 +490,8 @@ def parse_counter(raw: bytes, key: str, backend_type: str) -> int:
         if _INT64_MIN <= value <= _INT64_MAX:
             return value
     raise StorageError(
-        f"cannot read key {key!r} as a counter: it holds a value that is not a 64-bit integer",
+        f"cannot read key {key!r} as a counter: it holds a value that is not an integer "
+        "(canonical ASCII decimal, 64-bit)",
         backend_type=backend_type,
         key=key,
     )

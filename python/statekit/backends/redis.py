@@ -95,10 +95,13 @@ from statekit.backends.base import (
     RESERVED_KEY_PREFIX,
     Item,
     ItemColumns,
+    check_amount,
     check_item_prefix,
     check_key,
     check_keys,
+    check_pairs,
     check_ttl,
+    check_value,
     item_columns,
     parse_counter,
     prefix_upper_bound,
@@ -234,11 +237,11 @@ end
 return removed
 """
 # KEYS: key (, lex, exp), record. ARGV: amount, ttl ms ("0": none), member, "1" to update the
-# index (standalone; a cluster keeps the index in another slot), record TTL. Python int() syntax
-# for the stored value (surrounding ASCII whitespace, a sign, digit-group underscores), like the
-# other backends; the value is normalised before INCRBY, which keeps the key's TTL. "new:" marks
-# a created key; nil means the value is not an integer (a reply, not an error: nothing to parse).
-# The result is read back with GET: Lua numbers are doubles, and tostring() would round them.
+# index (standalone; a cluster keeps the index in another slot), record TTL. A counter is
+# canonical ASCII decimal (base.COUNTER_PATTERN), as on every backend; INCRBY keeps the key's
+# TTL and refuses to overflow 64 bits. "new:" marks a created key; nil means the value is not a
+# counter (a reply, not an error: nothing to parse). The result is read back with GET: Lua
+# numbers are doubles, and tostring() would round them.
 _INCR_BODY = f"""
 local v = redis.call('GET', KEYS[1])
 if not v then
@@ -248,17 +251,9 @@ if not v then
   end
   return 'new:' .. ARGV[1]
 end
-local s = string.match(v, '^%s*(.-)%s*$')
-local sign, digits = string.match(s, '^([+-]?)([%d_]+)$')
-if not digits or string.find(digits, '__', 1, true) or string.sub(digits, 1, 1) == '_'
-   or string.sub(digits, -1) == '_' then
+if #v > 20 or not (v == '0' or string.match(v, '^%-?[1-9]%d*$')) then
   return false
 end
-digits = string.gsub(digits, '_', '')
-digits = string.gsub(digits, '^0+', '')
-if digits == '' then digits = '0' end
-if sign == '-' and digits ~= '0' then digits = '-' .. digits end
-if digits ~= v then redis.call('SET', KEYS[1], digits, 'KEEPTTL') end
 redis.call('INCRBY', KEYS[1], ARGV[1])
 return redis.call('GET', KEYS[1])
 """
@@ -707,6 +702,7 @@ class RedisStateBackend:
 
     async def put(self, key: str, value: bytes, ttl: float | None = None) -> None:
         key = self._key(key)
+        value = check_value(value, key)
         px = _px(self._ttl(ttl))
         full = self._prefix + key
         if self._cluster:
@@ -731,6 +727,7 @@ class RedisStateBackend:
 
     async def set_if_not_exists(self, key: str, value: bytes, ttl: float | None = None) -> bool:
         key = self._key(key)
+        value = check_value(value, key)
         px = _px(self._ttl(ttl))
         full = self._prefix + key
         record = self._record(full, _request_id())
@@ -761,6 +758,9 @@ class RedisStateBackend:
         self, key: str, expected: bytes | None, value: bytes, ttl: float | None = None
     ) -> bool:
         key = self._key(key)
+        value = check_value(value, key)
+        if expected is not None:
+            expected = check_value(expected, key)
         px = _px(self._ttl(ttl))
         full = self._prefix + key
         record = self._record(full, _request_id())
@@ -838,8 +838,7 @@ class RedisStateBackend:
 
     async def incr_by(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
         key = self._key(key)
-        if isinstance(amount, bool) or not isinstance(amount, int):
-            raise TypeError(f"amount must be an int, got {type(amount).__name__}")
+        amount = check_amount(amount, key)
         px = _px(self._ttl(ttl))
         full = self._prefix + key
         record = self._record(full, _request_id())
@@ -998,11 +997,10 @@ class RedisStateBackend:
         return values
 
     async def batch_put(self, pairs: Iterable[tuple[str, bytes]], ttl: float | None = None) -> None:
-        items = pairs if isinstance(pairs, list) else list(pairs)
+        items = check_pairs(pairs)  # the whole batch, before anything is sent
         px = _px(self._ttl(ttl))
-        keys = self._keys([k for k, _ in items])
-        if any(k is not c for (k, _), c in zip(items, keys, strict=True)):  # bytes keys became str
-            items = [(k, v) for k, (_, v) in zip(keys, items, strict=True)]
+        if self._prefix_can_reach_reserved:
+            self._keys([k for k, _ in items])
         self._redis()
         if not items:
             return
