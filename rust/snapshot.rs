@@ -913,8 +913,10 @@ fn collect_records(records: &Bound<'_, PyAny>) -> PyResult<(BatchWriter, u64)> {
             0 => 0,
             _ => 17 + field_len(&columns.0.get_item(0)?) + field_len(&columns.1.get_item(0)?),
         };
-        let mut writer =
-            BatchWriter::with_capacity(len.saturating_mul(per_record + per_record / 8));
+        let mut writer = BatchWriter::with_capacity(
+            len.saturating_mul(per_record + per_record / 8)
+                .min(framing::MAX_PREALLOC),
+        );
         let count = push_columns(&mut writer, &columns)?;
         return Ok((writer, count));
     }
@@ -925,8 +927,11 @@ fn collect_records(records: &Bound<'_, PyAny>) -> PyResult<(BatchWriter, u64)> {
             0 => 0,
             _ => estimate_size(&list.get_item(0)?),
         };
-        let mut writer =
-            BatchWriter::with_capacity(list.len().saturating_mul(per_record + per_record / 8));
+        let mut writer = BatchWriter::with_capacity(
+            list.len()
+                .saturating_mul(per_record + per_record / 8)
+                .min(framing::MAX_PREALLOC),
+        );
         let mut index = 0;
         // By index, re-reading the length: converting an expiry (a float subclass) could
         // run Python code that changes the list.

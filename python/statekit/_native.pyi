@@ -246,10 +246,12 @@ def max_attempted_run(current: int, attempted: Iterable[int]) -> int:
 def run_gaps(last: int, successful: Iterable[int], bound: int) -> list[int]:
     """The runs in ``last + 1 ..= bound`` missing from ``successful``, ascending.
 
-    Empty if ``bound <= last``.
+    Empty if ``bound <= last``. At most 1,000,000 runs are returned: every allocation is
+    bounded by the length of ``successful`` plus a constant, whatever ``last`` and ``bound`` say.
 
     Raises:
-        ValueError: ``bound - last`` exceeds 10**9, or an item is outside the 64-bit range.
+        ValueError: ``bound - last`` exceeds 10**9, more than 1,000,000 runs are missing, or
+            an item is outside the 64-bit range.
         TypeError: an item is not an ``int``.
         OverflowError: ``last`` or ``bound`` is outside the 64-bit range.
     """

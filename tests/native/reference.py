@@ -174,7 +174,12 @@ def run_gaps(last: int, successful: Iterable[int], bound: int) -> list[int]:
     if bound - last > 10**9:
         raise ValueError("run_gaps window too large")
     done = set(successful)
-    return [r for r in range(last + 1, bound + 1) if r not in done]
+    if bound - last - len(done) > 10**6:
+        raise ValueError("run_gaps result too large")
+    gaps = [r for r in range(last + 1, bound + 1) if r not in done]
+    if len(gaps) > 10**6:
+        raise ValueError("run_gaps result too large")
+    return gaps
 
 
 # --- snapshot ------------------------------------------------------------------------------
