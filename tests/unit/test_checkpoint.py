@@ -341,10 +341,10 @@ async def test_list_checkpoints_describes_each_file(tmp_path: Path) -> None:
         timestamp=datetime.fromtimestamp(now, UTC),
         entry_count=3,
         size=len(data),
-        version=1,
-        checksum=hashlib.sha256(data[80:] + data[:48]).hexdigest(),
+        version=2,
+        checksum=hashlib.sha256(data[82:] + data[:48] + data[80:82]).hexdigest(),
         compression="none",
-        uncompressed_size=len(data) - 80,
+        uncompressed_size=len(data) - 82,
     )
     assert read_checkpoint_info(path) == info
     assert verify_checkpoint(path) == info

@@ -70,7 +70,7 @@ def test_list_json(checkpoints: tuple[Path, list[str]]) -> None:
     assert [c["id"] for c in document["checkpoints"]] == ids
     first = document["checkpoints"][0]
     assert first["entry_count"] == 50
-    assert first["version"] == 1
+    assert first["version"] == 2
     assert len(first["checksum"]) == 64
     assert first["size"] == (directory / f"{ids[0]}.ckpt").stat().st_size
     assert document["unreadable"] == []
