@@ -15,6 +15,8 @@ Usage::
     coordinator = CheckpointCoordinator(store, 30.0, CheckpointOptions("/var/lib/job/checkpoints"))
     if coordinator.list_checkpoints():  # not the first run: back to the last good checkpoint
         await coordinator.restore_latest()  # RestoreFailed if none of them verifies
+        for bad in coordinator.last_restore.set_aside:  # newer ones that failed, kept as *.corrupt
+            print("set aside", bad.checkpoint_id, bad.reason)
     async with coordinator:  # start(): a checkpoint every 30 s; on exit shutdown(): a final one
         ...  # run the job
 
