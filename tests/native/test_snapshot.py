@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import struct
@@ -448,3 +449,45 @@ def test_reserved_prefix_refuses_invalid_keys(
         _native.snapshot_read(path, reserved_prefix="{statekit-")
     _native.snapshot_write(path, [("fine", b"1", 2.0)])
     assert _native.snapshot_read(path, reserved_prefix="{statekit-")[1] == ["fine"]
+
+
+@file_settings(300)
+@given(
+    compress=st.booleans(),
+    signed=st.booleans(),
+    edits=st.lists(st.tuples(st.integers(0, 120), st.integers(0, 255)), min_size=1, max_size=6),
+    rehash=st.booleans(),
+)
+def test_forged_headers_only_ever_raise_corrupt_data(
+    tmp_path: Path, compress: bool, signed: bool, edits: list[tuple[int, int]], rehash: bool
+) -> None:
+    # A hostile writer edits header, extension and first payload bytes, and may recompute the
+    # SHA-256: every reader must answer with CorruptData (or succeed), never anything else
+    # (no panic, no OverflowError from a wild created_at, no huge allocation).
+    path = tmp_path / "h.ckpt"
+    key = KEY if signed else None
+    _native.snapshot_write(
+        path,
+        [("job:a", b"1" * 40, 5.0), ("job:b", b"2", None)],
+        compress=compress,
+        prefix="job:",
+        signing_key=key,
+    )
+    data = bytearray(path.read_bytes())
+    for offset, value in edits:
+        if offset < len(data):
+            data[offset] = value
+    if rehash and data[8:10] in (b"\x01\x00", b"\x02\x00"):
+        offset, _ = reference.snapshot_layout(bytes(data))
+        offset = min(offset, len(data))
+        ext = bytes(data[80:offset])
+        data[48:80] = hashlib.sha256(bytes(data[offset:]) + bytes(data[:48]) + ext).digest()
+    path.write_bytes(bytes(data))
+    for check in (
+        lambda: _native.snapshot_info(path),
+        lambda: _native.snapshot_verify(path, deep=False, signing_key=key),
+        lambda: _native.snapshot_verify(path, signing_key=key),
+        lambda: _native.snapshot_read(path, reserved_prefix="{statekit-", signing_key=key),
+    ):
+        with contextlib.suppress(CorruptData):
+            check()
