@@ -35,6 +35,8 @@ Restore rules (they protect the other tenants of a shared store):
   prefix, which is what gets replaced).
 * ``all_keys=True`` replaces every key of the backend, whatever the prefixes: the explicit
   opt-in for wiping keys outside the checkpoint's prefix.
+* ``recorded_prefix=True`` replaces the keys under whatever prefix each checkpoint records (the
+  CLI's default); a checkpoint that records none (or an empty one) then needs ``all_keys=True``.
 * A checkpoint written by statekit 0.1 (format version 1) records no prefix: it is restored
   under the coordinator's prefix, and a coordinator without one (the whole backend) needs
   ``all_keys=True``.
@@ -291,6 +293,8 @@ class RestoreResult:
     #: Newer checkpoints that failed (any failure: checksum, signature, header, decoding, invalid
     #: key, truncation, unreadable file), newest first, each renamed to ``*.corrupt``.
     set_aside: tuple[SetAside, ...] = ()
+    #: The prefix whose keys were replaced ("" = every key); None if nothing was restored.
+    scope: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -859,6 +863,7 @@ class CheckpointCoordinator:
         on_progress: ProgressCallback | None = None,
         all_keys: bool = False,
         force_prefix: bool = False,
+        recorded_prefix: bool = False,
     ) -> str:
         """Restore the newest checkpoint that verifies.
 
@@ -878,6 +883,10 @@ class CheckpointCoordinator:
             all_keys: replace every key of the backend, not only those under the prefix.
             force_prefix: restore a checkpoint taken from another prefix under this
                 coordinator's prefix (every key must be under it).
+            recorded_prefix: replace the keys under the prefix each checkpoint records,
+                whatever the coordinator's prefix (what ``statekit checkpoint restore`` does
+                without ``--key-prefix``); a checkpoint that records none, or an empty one,
+                then needs ``all_keys=True``.
 
         Returns:
             The id of the restored checkpoint.
@@ -901,7 +910,7 @@ class CheckpointCoordinator:
             self._last_restore = RestoreResult(None)
             for checkpoint_id in reversed(ids):
                 try:
-                    loaded = await self._load(checkpoint_id, all_keys=all_keys, force_prefix=force_prefix)
+                    loaded = await self._load(checkpoint_id, _Rules(all_keys, force_prefix, recorded_prefix))
                 except _Unusable as bad:
                     set_aside.append(self._put_aside(checkpoint_id, bad.error))
                     self._last_restore = RestoreResult(None, tuple(set_aside))
@@ -910,7 +919,7 @@ class CheckpointCoordinator:
                     )
                     continue
                 await self._apply(loaded, on_progress)
-                self._last_restore = RestoreResult(checkpoint_id, tuple(set_aside))
+                self._last_restore = RestoreResult(checkpoint_id, tuple(set_aside), loaded.scope)
                 if set_aside:
                     logger.warning(
                         "restored %s after setting aside %d unusable newer checkpoint(s): %s",
@@ -931,9 +940,10 @@ class CheckpointCoordinator:
         on_progress: ProgressCallback | None = None,
         all_keys: bool = False,
         force_prefix: bool = False,
+        recorded_prefix: bool = False,
     ) -> None:
         """Restore one checkpoint, after verifying it completely (see ``restore_latest`` for
-        ``all_keys`` and ``force_prefix``, and the module docs for the rules).
+        ``all_keys``, ``force_prefix`` and ``recorded_prefix``, and the module docs for the rules).
 
         A file that fails (checksum, signature, header, records, invalid key) is counted as a
         restore failure and renamed to ``*.corrupt`` (``last_restore.set_aside``); nothing is
@@ -946,7 +956,7 @@ class CheckpointCoordinator:
         async with self._lock:
             self._last_restore = RestoreResult(None)
             try:
-                loaded = await self._load(checkpoint_id, all_keys=all_keys, force_prefix=force_prefix)
+                loaded = await self._load(checkpoint_id, _Rules(all_keys, force_prefix, recorded_prefix))
             except _Unusable as bad:
                 aside = self._put_aside(checkpoint_id, bad.error)
                 self._last_restore = RestoreResult(None, (aside,))
@@ -957,7 +967,7 @@ class CheckpointCoordinator:
                     checkpoint_id=checkpoint_id,
                 ) from bad.error
             await self._apply(loaded, on_progress)
-            self._last_restore = RestoreResult(checkpoint_id)
+            self._last_restore = RestoreResult(checkpoint_id, (), loaded.scope)
 
     async def plan_restore(
         self,
@@ -965,6 +975,7 @@ class CheckpointCoordinator:
         *,
         all_keys: bool = False,
         force_prefix: bool = False,
+        recorded_prefix: bool = False,
     ) -> RestorePlan:
         """A dry run of ``restore(checkpoint_id)`` (or of ``restore_latest()`` when None): the
         checkpoint is fully verified and the restore rules applied, then the keys that would be
@@ -990,7 +1001,7 @@ class CheckpointCoordinator:
             for candidate in candidates:
                 try:
                     loaded = await self._load(
-                        candidate, all_keys=all_keys, force_prefix=force_prefix, counted=False
+                        candidate, _Rules(all_keys, force_prefix, recorded_prefix), counted=False
                     )
                 except _Unusable as bad:
                     if checkpoint_id is not None:
@@ -1043,10 +1054,25 @@ class CheckpointCoordinator:
             self._set_aside_count += 1
         return SetAside(checkpoint_id, target, str(error))
 
-    def _scope(self, checkpoint_id: str, recorded: str | None, *, all_keys: bool, force_prefix: bool) -> str:
+    def _scope(self, checkpoint_id: str, recorded: str | None, rules: _Rules) -> str:
         """The prefix a restore replaces, or RestoreFailed when the rules refuse it."""
-        if all_keys:
+        if rules.all_keys:
             return ""
+        if rules.recorded_prefix:
+            if not recorded:
+                what = (
+                    "does not record its key prefix (statekit 0.1)"
+                    if recorded is None
+                    else "records no key prefix"
+                )
+                raise RestoreFailed(
+                    f"checkpoint {checkpoint_id} {what}: it holds every key of the store it was taken from, "
+                    "and restoring it would replace EVERY key of the target. Pass all_keys=True (CLI: "
+                    "--all-keys) to confirm, or a prefix to replace only the keys under it "
+                    "(CLI: --key-prefix)",
+                    checkpoint_id=checkpoint_id,
+                )
+            return recorded
         prefix = self._prefix
         if recorded is None:
             if prefix == "":
@@ -1058,7 +1084,7 @@ class CheckpointCoordinator:
                     checkpoint_id=checkpoint_id,
                 )
             return prefix
-        if recorded != prefix and not force_prefix:
+        if recorded != prefix and not rules.force_prefix:
             raise RestoreFailed(
                 f"checkpoint {checkpoint_id} was taken from key prefix {recorded!r}, but this coordinator "
                 f"restores key prefix {prefix!r}: refusing to replace another prefix's keys. Use a "
@@ -1069,9 +1095,7 @@ class CheckpointCoordinator:
             )
         return prefix
 
-    async def _load(
-        self, checkpoint_id: str, *, all_keys: bool, force_prefix: bool, counted: bool = True
-    ) -> _Loaded:
+    async def _load(self, checkpoint_id: str, rules: _Rules, *, counted: bool = True) -> _Loaded:
         """Verify one checkpoint completely and decide what it replaces; writes nothing.
 
         Raises:
@@ -1100,7 +1124,7 @@ class CheckpointCoordinator:
         except (CorruptData, OSError) as exc:
             raise _Unusable(exc) from exc
         try:
-            scope = self._scope(checkpoint_id, header.prefix, all_keys=all_keys, force_prefix=force_prefix)
+            scope = self._scope(checkpoint_id, header.prefix, rules)
         except RestoreFailed as exc:
             raise refuse(str(exc)) from None
         try:
@@ -1165,6 +1189,15 @@ class CheckpointCoordinator:
             total_bytes_checkpointed=self._total_bytes,
             checkpoints_set_aside=self._set_aside_count,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """The restore options that decide what a restore may replace (see ``restore_latest``)."""
+
+    all_keys: bool
+    force_prefix: bool
+    recorded_prefix: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -685,6 +685,21 @@ async def test_force_prefix_restores_under_another_prefix_only_if_every_key_fits
     assert await contents(backend) == {"a:1": b"a1", "a:2": b"a2", "b:1": b"b1", "b:2": b"b2"}
 
 
+async def test_recorded_prefix_follows_each_checkpoint(tmp_path: Path) -> None:
+    backend, checkpoint_id = await _tenants(tmp_path)
+    anywhere = CheckpointCoordinator(backend, 60, options(tmp_path), prefix="unrelated:")
+    assert await anywhere.restore_latest(recorded_prefix=True) == checkpoint_id
+    assert anywhere.last_restore is not None
+    assert anywhere.last_restore.scope == "a:"
+    assert await contents(backend) == {"a:1": b"a1", "a:2": b"a2", "b:1": b"b1", "b:2": b"b2"}
+    # A checkpoint of the whole backend (or a version-1 file) needs all_keys in this mode.
+    await CheckpointCoordinator(backend, 60, options(tmp_path)).create_checkpoint()
+    with pytest.raises(RestoreFailed, match="records no key prefix"):
+        await anywhere.restore_latest(recorded_prefix=True)
+    await anywhere.restore_latest(recorded_prefix=True, all_keys=True)
+    assert anywhere.last_restore.scope == ""
+
+
 async def test_plan_restore_counts_and_changes_nothing(tmp_path: Path) -> None:
     backend, checkpoint_id = await _tenants(tmp_path)
     before = await contents(backend)

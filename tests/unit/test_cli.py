@@ -295,8 +295,12 @@ def test_a_whole_store_checkpoint_needs_all_keys(tmp_path: Path) -> None:
     assert_clean_failure(proc)
     assert "--all-keys" in proc.stderr
     assert asyncio.run(_read_store(url, key_prefix="other:")) == {"x": "kept"}
+    proc = statekit("checkpoint", "restore", tmp_path / "ckpt", "--store", url, "--key-prefix", "")
+    assert_clean_failure(proc)
+    assert "--all-keys" in proc.stderr
     proc = statekit("checkpoint", "restore", tmp_path / "ckpt", "--store", url, "--all-keys")
     assert proc.returncode == 0, proc.stderr
+    assert "replacing every key" in proc.stdout
     assert asyncio.run(_read_store(url, key_prefix="")) == {"a": 1}
 
 
@@ -375,7 +379,8 @@ def test_signing_key_from_the_environment(tmp_path: Path) -> None:
     assert "'job:'" in listing
     # A planted, valid but unsigned checkpoint, newer than the genuine one.
     planted = "ckpt-20991231T000000.000000Z"
-    _native.snapshot_write(directory / f"{planted}.ckpt", [("job:k", b'"planted"', None)], prefix="job:")
+    # (with another prefix: the restore follows the prefix of the checkpoint it restores)
+    _native.snapshot_write(directory / f"{planted}.ckpt", [("evil:k", b'"planted"', None)], prefix="evil:")
     proc = run("checkpoint", "verify", directory, "--signing-key-env", "CKPT_KEY")
     assert_clean_failure(proc)
     assert f"CORRUPT  {planted}" in proc.stdout

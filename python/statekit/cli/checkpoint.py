@@ -19,11 +19,10 @@ from statekit.checkpoint import (
     CheckpointInfo,
     CheckpointOptions,
     is_checkpoint_id,
-    read_checkpoint_info,
     scan_checkpoints,
     verify_checkpoint,
 )
-from statekit.errors import ConfigError, CorruptData, RestoreFailed
+from statekit.errors import ConfigError, CorruptData
 
 __all__ = ["add_parser"]
 
@@ -260,18 +259,6 @@ def run_restore(args: argparse.Namespace) -> int:
     return asyncio.run(_restore(args))
 
 
-def _recorded_prefix(directory: Path, checkpoint_id: str | None) -> tuple[bool, str | None]:
-    """``(found, prefix)``: whether the checkpoint to restore (the newest one with a readable
-    header, without an id) could be read, and the prefix it records (None: version 1)."""
-    if checkpoint_id is not None:
-        try:
-            return True, read_checkpoint_info(directory / f"{checkpoint_id}.ckpt").prefix
-        except (CorruptData, OSError):
-            return False, None
-    readable, _ = scan_checkpoints(directory)
-    return (True, readable[-1].prefix) if readable else (False, None)
-
-
 async def _restore(args: argparse.Namespace) -> int:
     directory: Path = args.directory
     _require_directory(directory)
@@ -286,22 +273,13 @@ async def _restore(args: argparse.Namespace) -> int:
             "refusing to restore into a memory store: it lives in this process and the restored keys would "
             "vanish when the command exits; restore into a persistent store (sqlite:///..., redis://...)"
         )
-    # Which keys are replaced: --key-prefix, else the URL's key_prefix, else the prefix the
-    # checkpoint records (so a restore never touches other tenants' keys by default).
-    found = True
-    if args.key_prefix is not None or store.key_prefix:
-        prefix = store.key_prefix
-    else:
-        found, recorded = _recorded_prefix(directory, args.checkpoint_id)
-        prefix = recorded or ""
-    # Nothing readable: the restore below fails and says why (nothing can be replaced).
-    if prefix == "" and found and not args.all_keys:
+    # Which keys are replaced: --key-prefix, else the URL's key_prefix, else the prefix each
+    # checkpoint records (so a restore never touches other tenants' keys by default, and
+    # replacing every key always takes --all-keys).
+    follow_recorded = args.key_prefix is None and not store.key_prefix
+    if args.key_prefix == "" and not store.key_prefix and not args.all_keys:
         await store.close()
-        raise RestoreFailed(
-            "this restore would replace EVERY key of the target store (the checkpoint records no key "
-            "prefix, or an empty one, and no --key-prefix was given); pass --all-keys to confirm, or "
-            "--key-prefix PREFIX to replace only the keys under PREFIX"
-        )
+        raise ConfigError("--key-prefix '' would replace every key of the store: say so with --all-keys")
     bar: tqdm[Any] | None = None
 
     def on_progress(done: int, total: int) -> None:
@@ -317,21 +295,21 @@ async def _restore(args: argparse.Namespace) -> int:
             bar = tqdm(total=total, unit=" entries", unit_scale=True, desc="restoring", file=sys.stderr)
         bar.update(done - bar.n)
 
-    rules = {"all_keys": args.all_keys, "force_prefix": args.force_prefix}
+    rules = {"all_keys": args.all_keys, "force_prefix": args.force_prefix, "recorded_prefix": follow_recorded}
     try:
         coordinator = CheckpointCoordinator(
-            store, 3600.0, CheckpointOptions(directory, signing_key=signing_key), prefix=prefix
+            store, 3600.0, CheckpointOptions(directory, signing_key=signing_key), prefix=store.key_prefix
         )
         if args.dry_run:
             plan = await coordinator.plan_restore(args.checkpoint_id, **rules)
             for item in plan.unusable:
                 print(f"would set aside {item.checkpoint_id}: {item.reason}", file=sys.stderr)
-            scope = "every key of the store" if plan.scope == "" else f"the keys under {plan.scope!r}"
+            replaced = "every key of the store" if plan.scope == "" else f"the keys under {plan.scope!r}"
             recorded = "not recorded" if plan.recorded_prefix is None else repr(plan.recorded_prefix)
             kind = store.backend.backend_type
             print(
-                f"dry run: checkpoint {plan.checkpoint_id} (prefix {recorded}) would replace {scope} of the "
-                f"{kind} store: {plan.to_write:,} keys written, {plan.to_delete:,} keys deleted, "
+                f"dry run: checkpoint {plan.checkpoint_id} (prefix {recorded}) would replace {replaced} "
+                f"of the {kind} store: {plan.to_write:,} keys written, {plan.to_delete:,} keys deleted, "
                 f"{plan.expired:,} expired entries skipped; nothing was changed"
             )
             return 0
@@ -350,7 +328,8 @@ async def _restore(args: argparse.Namespace) -> int:
         print(f"set aside {item.checkpoint_id} as {where}: {item.reason}", file=sys.stderr)
     entries = next((c.entry_count for c in coordinator.list_checkpoints() if c.id == checkpoint_id), None)
     restored = f"{entries:,} entries" if entries is not None else "its entries"
-    where = " replacing every key" if args.all_keys else f" under key prefix {coordinator.prefix!r}"
+    restored_scope = result.scope if result is not None else None
+    where = " replacing every key" if restored_scope == "" else f" under key prefix {restored_scope!r}"
     # The URL is not echoed: it may hold a password.
     print(
         f"restored checkpoint {checkpoint_id} ({restored}) into the {store.backend.backend_type} store{where}"
