@@ -121,6 +121,19 @@ impl BytesLike {
     }
 }
 
+/// Largest capacity reserved up front from a length an object reports about itself.
+pub(crate) const MAX_CAPACITY_HINT: usize = 1 << 16;
+
+/// How many items to reserve room for before iterating `obj`: its length if it is a list or
+/// tuple (those items exist in memory), else its `__len__` capped at [`MAX_CAPACITY_HINT`]
+/// (any object can claim any length; reserving it made `Vec::with_capacity` panic or abort).
+pub(crate) fn capacity_hint(obj: &Bound<'_, PyAny>) -> usize {
+    if obj.is_instance_of::<pyo3::types::PyList>() || obj.is_instance_of::<pyo3::types::PyTuple>() {
+        return obj.len().unwrap_or(0);
+    }
+    obj.len().unwrap_or(0).min(MAX_CAPACITY_HINT)
+}
+
 /// The qualified type name of `obj`, for error messages.
 pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
     obj.get_type()

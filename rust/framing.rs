@@ -40,7 +40,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
-use crate::checksum::{type_name, BytesLike};
+use crate::checksum::{capacity_hint, type_name, BytesLike};
 use crate::errors::NativeError;
 
 /// First four bytes of every batch.
@@ -49,6 +49,8 @@ pub const MAGIC: [u8; 4] = *b"SKRB";
 pub const VERSION: u8 = 1;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 28;
+/// Most bytes reserved up front from an estimate; past it, the batch grows as records arrive.
+pub const MAX_PREALLOC: usize = 256 << 20;
 /// Smallest possible encoded record (two lengths and the expiry flag).
 const MIN_RECORD_LEN: usize = 9;
 
@@ -464,7 +466,8 @@ pub fn encode_records<'py>(
     if records.is_instance_of::<PyBytes>() || records.is_instance_of::<PyString>() {
         return Err(not_records());
     }
-    let estimate = records.len().unwrap_or(0).saturating_mul(64);
+    // A hint only (bounded: `__len__` can claim anything); the writer grows as needed.
+    let estimate = capacity_hint(records).saturating_mul(64).min(MAX_PREALLOC);
     let mut writer = BatchWriter::with_capacity(estimate);
     let iter = records.try_iter().map_err(|_| not_records())?;
     for (index, item) in iter.enumerate() {

@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
 
-use crate::checksum::type_name;
+use crate::checksum::{capacity_hint, type_name};
 use crate::errors::NativeError;
 
 /// Number of slots in a Redis Cluster.
@@ -251,7 +251,7 @@ pub fn encode_commands<'py>(
     py: Python<'py>,
     commands: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let mut extracted: Vec<Vec<Arg>> = Vec::with_capacity(commands.len().unwrap_or(0));
+    let mut extracted: Vec<Vec<Arg>> = Vec::with_capacity(capacity_hint(commands));
     for_each_item(commands, "commands", |index, command| {
         let args = extract_command(command, index)?;
         if args.is_empty() {
@@ -288,7 +288,7 @@ pub fn hash_slot(key: &Bound<'_, PyAny>) -> PyResult<u16> {
 /// `hash_slots(keys)` -> the Redis Cluster slot of each key, in order.
 #[pyfunction]
 pub fn hash_slots(keys: &Bound<'_, PyAny>) -> PyResult<Vec<u16>> {
-    let mut slots = Vec::with_capacity(keys.len().unwrap_or(0));
+    let mut slots = Vec::with_capacity(capacity_hint(keys));
     for_each_item(keys, "keys", |_, key| {
         slots.push(key_slot(key)?);
         Ok(())

@@ -14,11 +14,15 @@ use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
-use crate::checksum::type_name;
+use crate::checksum::{capacity_hint, type_name};
 use crate::errors::NativeError;
 
 /// Widest `bound - last` that `run_gaps` accepts.
 pub const MAX_GAP_WINDOW: i128 = 1_000_000_000;
+/// Most runs `run_gaps` returns. The result is a Python list of ints (about 36 bytes each), so
+/// without a bound `run_gaps(0, [], 10**9)` asked for tens of gigabytes and the failed
+/// allocation aborted the interpreter.
+pub const MAX_GAPS: usize = 1_000_000;
 
 /// A fixed-size bitmap marking offsets `0..len` above some base.
 struct Bitmap {
@@ -32,6 +36,22 @@ impl Bitmap {
             words: vec![0; len.div_ceil(64)],
             len,
         }
+    }
+
+    /// Like [`Bitmap::new`], failing instead of aborting when the memory is not available.
+    fn try_new(len: usize) -> Result<Self, NativeError> {
+        let n_words = len.div_ceil(64);
+        let mut words = Vec::new();
+        words.try_reserve_exact(n_words).map_err(|_| {
+            NativeError::invalid(format!("run_gaps: cannot allocate a window of {len} runs"))
+        })?;
+        words.resize(n_words, 0);
+        Ok(Self { words, len })
+    }
+
+    /// Number of marked offsets.
+    fn count_marked(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
     }
 
     /// Marks every `v` in `values` with `base < v <= base + len`, at offset `v - base - 1`.
@@ -103,7 +123,11 @@ pub fn max_attempted_run(current: i64, attempted: &[i64]) -> i64 {
 
 /// The runs in `last + 1 ..= bound` missing from `successful`, ascending.
 ///
-/// Fails with `InvalidArgument` if `bound - last` exceeds [`MAX_GAP_WINDOW`].
+/// Fails with `InvalidArgument` if `bound - last` exceeds [`MAX_GAP_WINDOW`], or if more
+/// than [`MAX_GAPS`] runs are missing. Every allocation is bounded by the length of
+/// `successful` plus a constant: the window can only be wider than `successful.len() +
+/// MAX_GAPS` if more than `MAX_GAPS` runs are missing, which is refused before the bitmap is
+/// built.
 pub fn run_gaps(last: i64, successful: &[i64], bound: i64) -> Result<Vec<i64>, NativeError> {
     let width = i128::from(bound) - i128::from(last);
     if width <= 0 {
@@ -114,16 +138,38 @@ pub fn run_gaps(last: i64, successful: &[i64], bound: i64) -> Result<Vec<i64>, N
             "run_gaps window too large: bound - last = {width} exceeds {MAX_GAP_WINDOW}"
         )));
     }
+    // At most successful.len() runs of the window are present, so at least
+    // width - successful.len() are missing.
+    let at_least_missing = width - successful.len() as i128;
+    if at_least_missing > MAX_GAPS as i128 {
+        return Err(too_many_gaps(at_least_missing));
+    }
     let width = usize::try_from(width)
         .map_err(|_| NativeError::invalid(format!("run_gaps window of {width} is too large")))?;
-    let mut bitmap = Bitmap::new(width);
+    let mut bitmap = Bitmap::try_new(width)?;
     bitmap.mark_above(last, successful);
+    let missing = width - bitmap.count_marked();
+    if missing > MAX_GAPS {
+        return Err(too_many_gaps(missing as i128));
+    }
+    let mut out = Vec::new();
+    out.try_reserve_exact(missing)
+        .map_err(|_| NativeError::invalid(format!("run_gaps: cannot allocate {missing} runs")))?;
     let first = i128::from(last) + 1;
     // Every offset is < width, so first + offset <= bound fits in an i64.
-    Ok(bitmap
-        .unmarked()
-        .filter_map(|off| i64::try_from(first + off as i128).ok())
-        .collect())
+    out.extend(
+        bitmap
+            .unmarked()
+            .filter_map(|off| i64::try_from(first + off as i128).ok()),
+    );
+    Ok(out)
+}
+
+fn too_many_gaps(missing: i128) -> NativeError {
+    NativeError::invalid(format!(
+        "run_gaps result too large: {missing} runs are missing, more than the limit of {MAX_GAPS}; \
+         narrow the window (bound - last)"
+    ))
 }
 
 #[inline]
@@ -177,7 +223,8 @@ fn extract_runs(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
         Err(_) if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() => {
             return Err(not_ints())
         }
-        Err(_) => obj.len().unwrap_or(0),
+        // Any other iterable reports its own length, which may be anything: only a hint.
+        Err(_) => capacity_hint(obj),
     };
     let iter = obj.try_iter().map_err(|_| not_ints())?;
     let mut out = Vec::with_capacity(capacity);
@@ -336,6 +383,30 @@ mod tests {
                 "round {round}"
             );
         }
+    }
+
+    #[test]
+    fn huge_windows_are_refused_without_allocating() {
+        // Used to collect 10**9 i64s (8 GB): the failed allocation aborted the process.
+        let msg = match run_gaps(0, &[], 1_000_000_000) {
+            Err(NativeError::InvalidArgument(msg)) => msg,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        };
+        assert!(msg.contains("too large"), "{msg}");
+        assert!(run_gaps(0, &[], MAX_GAPS as i64 + 1).is_err());
+        assert_eq!(
+            run_gaps(0, &[], MAX_GAPS as i64).expect("gaps").len(),
+            MAX_GAPS
+        );
+        // A wide window is fine when few runs are missing from it.
+        let present: Vec<i64> = (1..=2_000_000).collect();
+        assert_eq!(
+            run_gaps(0, &present, 2_000_003).expect("gaps"),
+            vec![2_000_001, 2_000_002, 2_000_003]
+        );
+        // Duplicates do not count as present runs twice.
+        let dups = vec![1; 2_000_000];
+        assert!(run_gaps(0, &dups, 2_000_000).is_err());
     }
 
     #[test]

@@ -1,63 +1,88 @@
 //! Checkpoint snapshot files: a versioned header, a framed record batch (optionally zstd),
-//! and a SHA-256 that covers both; written atomically, verified before anything is trusted.
+//! a SHA-256 that covers both, and an optional HMAC-SHA256 signature; written atomically,
+//! verified before anything is trusted.
 //!
-//! # Format (version 1)
+//! # Format (version 2; version 1 is still read)
 //!
-//! All integers are little-endian. A snapshot is an 80-byte header followed by the payload.
+//! All integers are little-endian. A snapshot is an 80-byte header, a header extension of
+//! `E` bytes (version 2 only), then the payload.
 //!
 //! ```text
 //! header:
 //!   offset  size  field
 //!   0       8     magic              b"SKSNAP\r\n"
-//!   8       2     format version     u16, 1
+//!   8       2     format version     u16, 2 (1: see below)
 //!   10      1     compression        u8: 0 = none, 1 = zstd
-//!   11      5     reserved           0 (any other value is rejected)
-//!   16      8     created at         f64, unix seconds (UTC)
+//!   11      1     flags              u8: bit 0 = signed (the extension ends with an HMAC tag)
+//!   12      4     extension length   u32, E
+//!   16      8     created at         f64, unix seconds (UTC), finite, year 1970..=9999
 //!   24      8     entry count        u64, records in the batch
 //!   32      8     uncompressed size  u64, length of the framed batch
-//!   40      8     payload size       u64, bytes after the header
-//!   48      32    SHA-256            of the payload followed by header bytes 0..48
+//!   40      8     payload size       u64, bytes after the extension
+//!   48      32    SHA-256            of the payload, then header bytes 0..48, then the extension
+//! extension (E bytes):
+//!   0       2     prefix length      u16, P (at most MAX_PREFIX_LEN)
+//!   2       P     key prefix         UTF-8: every key of the batch starts with it
+//!   2+P     32    HMAC-SHA256 tag    only if signed (see below)
 //! payload:
 //!   the record batch of `framing` (magic b"SKRB", its own CRC-32), as is or as one zstd frame
 //! ```
 //!
-//! The digest covers every header field and every payload byte, and the digest itself is
-//! compared, so any flipped bit is detected; the payload size is checked against the file
-//! size, so any truncation (or appended bytes) is detected before hashing. A full check
-//! (`verify` with `deep`, and every `read`) also decompresses the payload, checks its size,
-//! validates the batch (CRC-32 and every record) and compares its count with the header.
+//! Version 1 is the same 80-byte header with bytes 11..16 reserved (zero), no extension (so no
+//! recorded prefix and no signature), and the SHA-256 of the payload then header bytes 0..48.
 //!
-//! The digest covers the payload first so that it can be computed while the payload is being
-//! compressed and written, before its size (a header field) is known.
+//! The digest covers every header field, every extension byte and every payload byte, and the
+//! digest itself is compared, so any flipped bit is detected; the sizes are checked against
+//! the file size, so any truncation (or appended bytes) is detected before hashing. The
+//! SHA-256 only detects accidents: anyone who can write the file can recompute it.
+//!
+//! # Signature
+//!
+//! With a signing key, the tag is `HMAC-SHA256(key, b"statekit-snapshot-v2\0" || header bytes
+//! 0..48 || extension bytes 0..2+P || SHA-256(payload))`: it authenticates every header field,
+//! the prefix and (through the collision-resistant SHA-256) every payload byte, and costs no
+//! second pass over the payload (the payload hash is the prefix state of the file digest). A
+//! reader given a key refuses unsigned files and files whose tag does not verify, so a file
+//! planted by someone who can write the directory but does not hold the key is refused.
+//!
+//! # Reading untrusted files
+//!
+//! Files are opened with `O_NOFOLLOW | O_NONBLOCK` and must be regular files (a symlink, FIFO,
+//! directory or device is refused before anything is read, and a FIFO never blocks). No
+//! allocation is sized from an unverified field: the header is parsed from its first bytes and
+//! its sizes checked against the file size; the file is read (its size is real); the digest and
+//! the signature are checked over the stored bytes *before* anything is decompressed; and the
+//! decompressed size is bounded by the header's declared size, itself bounded by what zstd can
+//! produce from the stored bytes ([`MAX_ZSTD_RATIO`]) and by [`MAX_UNCOMPRESSED`].
 //!
 //! # Atomic, pipelined writes
 //!
 //! [`write_file`] writes a temporary file `.{name}.{pid}.{n}.tmp` next to the target (created
-//! exclusively): a zeroed header, then the payload, which is compressed on the calling thread
-//! while a second thread hashes and writes what comes out; then the real header at offset 0.
-//! It fsyncs the file, renames it over the target and fsyncs the directory. On failure the
-//! temporary file is removed and the target is untouched; a process killed mid-write can leave
-//! the temporary file behind, which is why its name is recognisable (the checkpoint
-//! coordinator sweeps them).
+//! exclusively): a zeroed header and extension, then the payload, which is compressed on the
+//! calling thread while a second thread hashes and writes what comes out; then the real header
+//! and extension at offset 0. It fsyncs the file, renames it over the target and fsyncs the
+//! directory. On failure the temporary file is removed and the target is untouched; a process
+//! killed mid-write can leave the temporary file behind, which is why its name is recognisable
+//! (the checkpoint coordinator sweeps them).
 //!
 //! # GIL
 //!
 //! `snapshot_write` reads each Python record once while attached, copying it into the batch;
-//! everything else (CRC, compression, SHA-256, the write, fsyncs, rename) runs detached.
-//! `snapshot_read` and `snapshot_verify` do all file reading, hashing (on a second thread,
-//! in parallel with decompression) and validation detached; `snapshot_read` then re-attaches
-//! only to build the list of Python tuples.
+//! everything else (CRC, compression, SHA-256, HMAC, the write, fsyncs, rename) runs detached.
+//! `snapshot_read` and `snapshot_verify` do all file reading, hashing and validation detached;
+//! `snapshot_read` then re-attaches only to build the list of Python tuples.
 
 use std::borrow::Cow;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use hmac::{Hmac, Mac};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
@@ -69,12 +94,36 @@ use crate::framing::{self, BatchWriter};
 
 /// First eight bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"SKSNAP\r\n";
-/// The only format version this build reads and writes.
-pub const VERSION: u16 = 1;
+/// The format version this build writes.
+pub const VERSION: u16 = 2;
+/// The oldest format version this build still reads (no recorded prefix, never signed).
+pub const VERSION_1: u16 = 1;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 80;
 /// The header bytes covered by the digest (everything before the digest itself).
 const HASHED_LEN: usize = 48;
+/// Longest key prefix a snapshot records.
+pub const MAX_PREFIX_LEN: usize = 4096;
+/// Length of an HMAC-SHA256 tag.
+pub const TAG_LEN: usize = 32;
+/// Longest header extension: prefix length, prefix, tag.
+pub const MAX_EXTENSION_LEN: usize = 2 + MAX_PREFIX_LEN + TAG_LEN;
+/// Shortest signing key accepted (bytes).
+pub const MIN_KEY_LEN: usize = 16;
+/// Bit 0 of the flags byte: the extension ends with an HMAC tag.
+const FLAG_SIGNED: u8 = 1;
+/// Domain separation of the signature: a tag made for anything else never verifies here.
+const TAG_DOMAIN: &[u8] = b"statekit-snapshot-v2\0";
+/// The most a zstd frame can expand: every block holds at most 128 KiB and takes at least 4
+/// bytes (an RLE block), so no frame decompresses to more than 32768 times its size. A header
+/// declaring more is forged or damaged.
+pub const MAX_ZSTD_RATIO: u64 = 32_768;
+/// Largest uncompressed size a header may declare (1 TiB): anything above is refused outright.
+pub const MAX_UNCOMPRESSED: u64 = 1 << 40;
+/// Latest creation time accepted: 9999-12-31T23:59:59Z (Python's `datetime` cannot go further).
+pub const MAX_CREATED_AT: f64 = 253_402_300_799.0;
+/// Smallest encoded record of the batch (two lengths and the expiry flag).
+const MIN_RECORD_LEN: u64 = 9;
 /// zstd level used when the caller gives none: the fastest regular level, since a checkpoint
 /// is written often and read rarely...
 pub const DEFAULT_LEVEL: i32 = 1;
@@ -85,6 +134,8 @@ pub const FAST_LEVEL: i32 = -5;
 const SAMPLE_LEN: usize = 1 << 20;
 /// Highest zstd level accepted.
 pub const MAX_LEVEL: i32 = 22;
+
+type HmacSha256 = Hmac<Sha256>;
 
 /// How the payload is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,10 +171,10 @@ impl Compression {
     }
 }
 
-/// The decoded header of a snapshot file.
+/// The decoded header (and extension) of a snapshot file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Header {
-    /// Format version (always [`VERSION`] once parsed).
+    /// Format version: [`VERSION`] or [`VERSION_1`].
     pub version: u16,
     /// How the payload is stored.
     pub compression: Compression,
@@ -133,16 +184,36 @@ pub struct Header {
     pub entry_count: u64,
     /// Length of the framed batch before compression.
     pub uncompressed_size: u64,
-    /// Bytes after the header.
+    /// Bytes after the extension.
     pub payload_size: u64,
-    /// SHA-256 of the payload followed by header bytes `0..48`.
+    /// SHA-256 of the payload, header bytes `0..48` and the extension.
     pub digest: [u8; 32],
+    /// The key prefix every record starts with; None for a version-1 file (not recorded).
+    pub prefix: Option<String>,
+    /// The HMAC-SHA256 tag, if the file is signed.
+    pub tag: Option<[u8; TAG_LEN]>,
 }
 
 impl Header {
+    /// Length of the header extension (0 for version 1).
+    pub fn extension_len(&self) -> usize {
+        match &self.prefix {
+            Some(prefix) if self.version != VERSION_1 => {
+                2 + prefix.len() + self.tag.map_or(0, |t| t.len())
+            }
+            _ => 0,
+        }
+    }
+
+    /// Offset of the payload in the file.
+    pub fn payload_offset(&self) -> usize {
+        HEADER_LEN + self.extension_len()
+    }
+
     /// Size of the whole file this header describes.
     pub fn file_size(&self) -> u64 {
-        self.payload_size.saturating_add(HEADER_LEN as u64)
+        self.payload_size
+            .saturating_add(self.payload_offset() as u64)
     }
 
     /// Lowercase hex of the digest.
@@ -150,11 +221,15 @@ impl Header {
         to_hex(&self.digest)
     }
 
+    /// The fixed 80 bytes (version 2 layout).
     fn encode(&self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
         out[0..8].copy_from_slice(&MAGIC);
         out[8..10].copy_from_slice(&self.version.to_le_bytes());
         out[10] = self.compression.code();
+        out[11] = if self.tag.is_some() { FLAG_SIGNED } else { 0 };
+        let ext_len = u32::try_from(self.extension_len()).unwrap_or(u32::MAX);
+        out[12..16].copy_from_slice(&ext_len.to_le_bytes());
         out[16..24].copy_from_slice(&self.created_at.to_le_bytes());
         out[24..32].copy_from_slice(&self.entry_count.to_le_bytes());
         out[32..40].copy_from_slice(&self.uncompressed_size.to_le_bytes());
@@ -163,10 +238,22 @@ impl Header {
         out
     }
 
-    /// Parses and checks the header at the start of `data`, for a file of `file_len` bytes.
+    /// The extension bytes covered by the signature: prefix length and prefix.
+    fn extension_body(&self) -> Vec<u8> {
+        let prefix = self.prefix.as_deref().unwrap_or_default().as_bytes();
+        let mut out = Vec::with_capacity(2 + prefix.len());
+        out.extend_from_slice(&(prefix.len() as u16).to_le_bytes());
+        out.extend_from_slice(prefix);
+        out
+    }
+
+    /// Parses and checks the header (and, for version 2, its extension) at the start of
+    /// `data`, for a file of `file_len` bytes. `data` must hold at least the header and the
+    /// extension (`HEADER_LEN + MAX_EXTENSION_LEN` bytes, or the whole file if shorter).
     ///
     /// Checks everything that can be checked without hashing: magic, version, compression,
-    /// reserved bytes, and that the payload size matches the file size.
+    /// flags and reserved bytes, a plausible creation time, sizes that match the file size
+    /// and each other, and the extension's shape. Nothing here allocates from a header field.
     pub fn parse(data: &[u8], file_len: u64) -> Result<Self, NativeError> {
         let magic_part = &data[..data.len().min(MAGIC.len())];
         if magic_part != &MAGIC[..magic_part.len()] {
@@ -181,9 +268,9 @@ impl Header {
             )));
         }
         let version = u16::from_le_bytes([data[8], data[9]]);
-        if version != VERSION {
+        if version != VERSION && version != VERSION_1 {
             return Err(NativeError::corrupt(format!(
-                "unsupported snapshot format version {version} (this build reads version {VERSION})"
+                "unsupported snapshot format version {version} (this build reads versions {VERSION_1} and {VERSION})"
             )));
         }
         let Some(compression) = Compression::from_code(data[10]) else {
@@ -192,17 +279,44 @@ impl Header {
                 data[10]
             )));
         };
-        if data[11..16].iter().any(|&b| b != 0) {
-            return Err(NativeError::corrupt(
-                "snapshot header has non-zero reserved bytes (altered or written by a newer statekit)",
-            ));
-        }
+        let (signed, ext_len) = if version == VERSION_1 {
+            if data[11..16].iter().any(|&b| b != 0) {
+                return Err(NativeError::corrupt(
+                    "snapshot header has non-zero reserved bytes (altered or written by a newer statekit)",
+                ));
+            }
+            (false, 0usize)
+        } else {
+            let flags = data[11];
+            if flags & !FLAG_SIGNED != 0 {
+                return Err(NativeError::corrupt(format!(
+                    "snapshot header has unknown flags 0x{flags:02x} (altered or written by a newer statekit)"
+                )));
+            }
+            let ext_len = u32::from_le_bytes(array_at(data, 12));
+            let ext_len = usize::try_from(ext_len)
+                .ok()
+                .filter(|&n| (2..=MAX_EXTENSION_LEN).contains(&n))
+                .ok_or_else(|| {
+                    NativeError::corrupt(format!(
+                        "snapshot header extension length {ext_len} is out of range (2..={MAX_EXTENSION_LEN})"
+                    ))
+                })?;
+            (flags & FLAG_SIGNED != 0, ext_len)
+        };
         let created_at = f64::from_le_bytes(array_at(data, 16));
+        // Written from the clock by statekit; anything else is damage (and would make
+        // datetime.fromtimestamp raise further on).
+        if !(0.0..=MAX_CREATED_AT).contains(&created_at) {
+            return Err(NativeError::corrupt(format!(
+                "snapshot creation time {created_at} is out of range (not a unix time from 1970 to 9999)"
+            )));
+        }
         let entry_count = u64::from_le_bytes(array_at(data, 24));
         let uncompressed_size = u64::from_le_bytes(array_at(data, 32));
         let payload_size = u64::from_le_bytes(array_at(data, 40));
         let digest: [u8; 32] = array_at(data, 48);
-        let expected = u128::from(payload_size) + HEADER_LEN as u128;
+        let expected = u128::from(payload_size) + (HEADER_LEN + ext_len) as u128;
         let actual = u128::from(file_len);
         if actual < expected {
             return Err(NativeError::corrupt(format!(
@@ -215,6 +329,50 @@ impl Header {
                 actual - expected
             )));
         }
+        // The declared uncompressed size sizes the decompression buffer: it must be one the
+        // stored bytes can actually produce.
+        let plausible = match compression {
+            Compression::None => uncompressed_size == payload_size,
+            Compression::Zstd => {
+                uncompressed_size <= payload_size.saturating_mul(MAX_ZSTD_RATIO)
+                    && uncompressed_size <= MAX_UNCOMPRESSED
+            }
+        };
+        if !plausible {
+            return Err(NativeError::corrupt(format!(
+                "snapshot header declares an implausible uncompressed size of {uncompressed_size} bytes \
+                 for a {} payload of {payload_size} bytes",
+                compression.name()
+            )));
+        }
+        if entry_count > uncompressed_size / MIN_RECORD_LEN {
+            return Err(NativeError::corrupt(format!(
+                "snapshot header says {entry_count} entries, which cannot fit in {uncompressed_size} bytes"
+            )));
+        }
+        let (prefix, tag) = if version == VERSION_1 {
+            (None, None)
+        } else {
+            let Some(ext) = data.get(HEADER_LEN..HEADER_LEN + ext_len) else {
+                return Err(NativeError::corrupt(format!(
+                    "snapshot truncated: the header extension needs {ext_len} bytes"
+                )));
+            };
+            let prefix_len = usize::from(u16::from_le_bytes([ext[0], ext[1]]));
+            let tag_len = if signed { TAG_LEN } else { 0 };
+            if prefix_len > MAX_PREFIX_LEN || 2 + prefix_len + tag_len != ext_len {
+                return Err(NativeError::corrupt(format!(
+                    "snapshot header extension is inconsistent: {ext_len} bytes for a prefix of \
+                     {prefix_len} bytes{}",
+                    if signed { " and a signature" } else { "" }
+                )));
+            }
+            let prefix = std::str::from_utf8(&ext[2..2 + prefix_len]).map_err(|_| {
+                NativeError::corrupt("snapshot header records a key prefix that is not UTF-8")
+            })?;
+            let tag = signed.then(|| array_at::<TAG_LEN>(ext, 2 + prefix_len));
+            (Some(prefix.to_owned()), tag)
+        };
         Ok(Self {
             version,
             compression,
@@ -223,11 +381,12 @@ impl Header {
             uncompressed_size,
             payload_size,
             digest,
+            prefix,
+            tag,
         })
     }
 }
 
-/// `N` bytes of `data` from `offset`; the caller has checked the length.
 fn array_at<const N: usize>(data: &[u8], offset: usize) -> [u8; N] {
     let mut out = [0u8; N];
     if let Some(src) = data.get(offset..offset + N) {
@@ -245,13 +404,6 @@ fn escape(bytes: &[u8]) -> String {
     out
 }
 
-fn digest_of(payload: &[u8], hashed_header: &[u8]) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    hasher.update(payload);
-    hasher.update(hashed_header);
-    hasher.finalize().into()
-}
-
 fn check_digest(header: &Header, actual: &[u8; 32]) -> Result<(), NativeError> {
     if actual == &header.digest {
         return Ok(());
@@ -263,15 +415,105 @@ fn check_digest(header: &Header, actual: &[u8; 32]) -> Result<(), NativeError> {
     )))
 }
 
+fn new_mac(key: &[u8]) -> Result<HmacSha256, NativeError> {
+    <HmacSha256 as Mac>::new_from_slice(key)
+        .map_err(|_| NativeError::invalid("signing_key cannot be used as an HMAC-SHA256 key"))
+}
+
+/// Checks a signing key's length (the same rule for writing and reading).
+pub fn check_signing_key(key: &[u8]) -> Result<(), NativeError> {
+    if key.len() < MIN_KEY_LEN {
+        return Err(NativeError::invalid(format!(
+            "signing_key must be at least {MIN_KEY_LEN} bytes, got {}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The HMAC over what the tag authenticates (see the module docs).
+fn signature_mac(
+    key: &[u8],
+    hashed_header: &[u8],
+    extension_body: &[u8],
+    payload_digest: &[u8; 32],
+) -> Result<HmacSha256, NativeError> {
+    let mut mac = new_mac(key)?;
+    mac.update(TAG_DOMAIN);
+    mac.update(hashed_header);
+    mac.update(extension_body);
+    mac.update(payload_digest);
+    Ok(mac)
+}
+
+/// Checks the signature of a file whose digest already matched. Without a key there is
+/// nothing to check (a signed file is still protected against accidents by its digest).
+fn check_signature(
+    header: &Header,
+    hashed_header: &[u8],
+    payload_digest: &[u8; 32],
+    key: Option<&[u8]>,
+) -> Result<(), NativeError> {
+    let Some(key) = key else {
+        return Ok(());
+    };
+    let Some(tag) = header.tag else {
+        return Err(NativeError::corrupt(
+            "snapshot is not signed, but a signing key is configured: refusing it (it may have been \
+             planted, or written before signing was enabled)",
+        ));
+    };
+    signature_mac(key, hashed_header, &header.extension_body(), payload_digest)?
+        .verify_slice(&tag)
+        .map_err(|_| {
+            NativeError::corrupt(
+                "signature does not verify: the file was not written with this signing key (planted, \
+                 altered, or signed with another key)",
+            )
+        })
+}
+
+/// Checks the digest, then the signature, of a file held in `data` (header already parsed).
+/// Hashes each stored byte once; nothing is decompressed.
+fn check_stored_bytes(header: &Header, data: &[u8], key: Option<&[u8]>) -> Result<(), NativeError> {
+    let offset = header.payload_offset();
+    let mut hasher = Sha256::new();
+    hasher.update(data.get(offset..).unwrap_or_default());
+    finish_checks(header, hasher, data, key)
+}
+
+/// Completes the checks once `hasher` has seen the payload: `head` holds the header and the
+/// extension.
+fn finish_checks(
+    header: &Header,
+    mut hasher: Sha256,
+    head: &[u8],
+    key: Option<&[u8]>,
+) -> Result<(), NativeError> {
+    let payload_digest: [u8; 32] = hasher.clone().finalize().into();
+    let hashed = head.get(..HASHED_LEN).unwrap_or_default();
+    hasher.update(hashed);
+    hasher.update(
+        head.get(HEADER_LEN..header.payload_offset())
+            .unwrap_or_default(),
+    );
+    check_digest(header, &hasher.finalize().into())?;
+    check_signature(header, hashed, &payload_digest, key)
+}
+
 /// How to build a snapshot.
 #[derive(Debug, Clone, Copy)]
-pub struct Options {
+pub struct Options<'a> {
     /// How to store the payload.
     pub compression: Compression,
     /// zstd level (1..=22), used with [`Compression::Zstd`]; `None` picks one ([`auto_level`]).
     pub level: Option<i32>,
     /// Creation time to record, unix seconds.
     pub created_at: f64,
+    /// The key prefix to record (every key must start with it).
+    pub prefix: &'a str,
+    /// Sign the file with this key (at least [`MIN_KEY_LEN`] bytes).
+    pub signing_key: Option<&'a [u8]>,
 }
 
 fn zstd_err(what: &str, err: &io::Error) -> NativeError {
@@ -372,14 +614,27 @@ fn produce<'a>(
     }
 }
 
-/// Writes the header placeholder and the payload to `file`; returns the header (digest set).
+/// Writes the header placeholder and the payload to `file`; returns the header (digest and
+/// tag set).
 fn write_payload(
     file: &mut File,
     batch: &[u8],
     entry_count: u64,
-    options: &Options,
+    options: &Options<'_>,
 ) -> Result<Header, WriteError> {
-    file.write_all(&[0u8; HEADER_LEN]).map_err(WriteError::Io)?;
+    let mut header = Header {
+        version: VERSION,
+        compression: options.compression,
+        created_at: options.created_at,
+        entry_count,
+        uncompressed_size: batch.len() as u64,
+        payload_size: 0,
+        digest: [0; 32],
+        prefix: Some(options.prefix.to_owned()),
+        tag: options.signing_key.map(|_| [0; TAG_LEN]),
+    };
+    file.write_all(&vec![0u8; header.payload_offset()])
+        .map_err(WriteError::Io)?;
     let (tx, rx) = sync_channel::<Cow<'_, [u8]>>(PIPE_DEPTH);
     let (produced, written) = std::thread::scope(|s| {
         let out = &mut *file;
@@ -401,19 +656,26 @@ fn write_payload(
         .map_err(WriteError::Io)?;
     produced?;
     let (mut hasher, payload_size) = written;
-    let mut header = Header {
-        version: VERSION,
-        compression: options.compression,
-        created_at: options.created_at,
-        entry_count,
-        uncompressed_size: batch.len() as u64,
-        payload_size,
-        digest: [0; 32],
-    };
-    hasher.update(&header.encode()[..HASHED_LEN]);
+    header.payload_size = payload_size;
+    let fixed = header.encode();
+    let hashed = &fixed[..HASHED_LEN];
+    let mut extension = header.extension_body();
+    if let Some(key) = options.signing_key {
+        let payload_digest: [u8; 32] = hasher.clone().finalize().into();
+        let tag: [u8; TAG_LEN] = signature_mac(key, hashed, &extension, &payload_digest)
+            .map_err(WriteError::Encode)?
+            .finalize()
+            .into_bytes()
+            .into();
+        extension.extend_from_slice(&tag);
+        header.tag = Some(tag);
+    }
+    hasher.update(hashed);
+    hasher.update(&extension);
     header.digest = hasher.finalize().into();
-    file.write_all_at(&header.encode(), 0)
-        .map_err(WriteError::Io)?;
+    let mut head = header.encode().to_vec();
+    head.extend_from_slice(&extension);
+    file.write_all_at(&head, 0).map_err(WriteError::Io)?;
     Ok(header)
 }
 
@@ -453,13 +715,36 @@ pub fn write_file(
     path: &Path,
     batch: &[u8],
     entry_count: u64,
-    options: &Options,
+    options: &Options<'_>,
 ) -> Result<Header, NativeError> {
-    if !options.created_at.is_finite() {
+    if !(0.0..=MAX_CREATED_AT).contains(&options.created_at) {
         return Err(NativeError::invalid(format!(
-            "created_at must be a finite unix time, got {}",
+            "created_at must be a finite unix time from 1970 to 9999, got {}",
             options.created_at
         )));
+    }
+    if options.prefix.len() > MAX_PREFIX_LEN {
+        return Err(NativeError::invalid(format!(
+            "the key prefix is {} bytes; a snapshot records at most {MAX_PREFIX_LEN}",
+            options.prefix.len()
+        )));
+    }
+    if let Some(key) = options.signing_key {
+        check_signing_key(key)?;
+    }
+    if !options.prefix.is_empty() {
+        // The prefix is recorded as a promise readers check: keep it.
+        let prefix = options.prefix.as_bytes();
+        for (index, record) in framing::open(batch)?.records().enumerate() {
+            let key = record?.key;
+            if !key.starts_with(prefix) {
+                return Err(NativeError::invalid(format!(
+                    "record {index}: key {} does not start with the snapshot's prefix {}",
+                    escape(key),
+                    escape(prefix)
+                )));
+            }
+        }
     }
     let tmp = temp_path(path)?;
     let written = (|| -> Result<Header, WriteError> {
@@ -500,8 +785,8 @@ pub fn write_file(
 
 /// The framed batch of a verified snapshot, and where it starts in `buf`.
 ///
-/// The digest, the sizes, the batch header and its CRC-32 have been checked; the records are
-/// checked by [`Decoded::scan`].
+/// The digest, the signature (when a key was given), the sizes, the batch header and its
+/// CRC-32 have been checked; the records are checked by [`Decoded::scan`].
 pub struct Decoded {
     /// The verified header.
     pub header: Header,
@@ -516,32 +801,80 @@ pub struct Scan {
     pub any_expiry: bool,
 }
 
+/// What [`Decoded::scan`] requires of every record, beyond being well formed and under the
+/// prefix the header records (both `Corrupt` otherwise).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rules<'a> {
+    /// Keys must be UTF-8 (`InvalidArgument` otherwise, `Corrupt` with `reserved_prefix`).
+    pub str_keys: bool,
+    /// Keys must start with this (`InvalidArgument` otherwise: the file is sound, the caller's
+    /// expectation is not).
+    pub require_prefix: Option<&'a [u8]>,
+    /// Keys must be valid statekit keys: non-empty, UTF-8, not starting with this reserved
+    /// prefix; expiries must not be NaN (`Corrupt` otherwise: no backend could hold them).
+    pub reserved_prefix: Option<&'a [u8]>,
+}
+
 impl Decoded {
     /// The framed record batch.
     pub fn batch(&self) -> &[u8] {
         self.buf.get(self.start..).unwrap_or_default()
     }
 
-    /// Walks every record once: each must be well formed (`Corrupt` otherwise); with
-    /// `str_keys`, each key must be UTF-8, and with `prefix`, start with it
-    /// (`InvalidArgument` otherwise: the file is sound, the caller's expectation is not).
-    pub fn scan(&self, str_keys: bool, prefix: Option<&[u8]>) -> Result<Scan, NativeError> {
+    /// Walks every record once, checking it against `rules` (see [`Rules`]).
+    pub fn scan(&self, rules: &Rules<'_>) -> Result<Scan, NativeError> {
         let batch = framing::open(self.batch())?;
+        let recorded = self
+            .header
+            .prefix
+            .as_deref()
+            .map(str::as_bytes)
+            .filter(|p| !p.is_empty());
+        let strict = rules.reserved_prefix.is_some();
         let mut any_expiry = false;
         for (index, record) in batch.records().enumerate() {
             let record = record
                 .map_err(|e| NativeError::corrupt(format!("snapshot records are invalid: {e}")))?;
-            if str_keys && std::str::from_utf8(record.key).is_err() {
+            let key = record.key;
+            if let Some(recorded) = recorded {
+                if !key.starts_with(recorded) {
+                    return Err(NativeError::corrupt(format!(
+                        "record {index}: key {} is outside the prefix {} the snapshot records",
+                        escape(key),
+                        escape(recorded)
+                    )));
+                }
+            }
+            if let Some(reserved) = rules.reserved_prefix {
+                let why = if key.is_empty() {
+                    Some("is empty")
+                } else if std::str::from_utf8(key).is_err() {
+                    Some("is not UTF-8")
+                } else if key.starts_with(reserved) {
+                    Some("is in statekit's reserved namespace")
+                } else if record.expires_at.is_some_and(f64::is_nan) {
+                    Some("has a NaN expiry")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    return Err(NativeError::corrupt(format!(
+                        "record {index}: key {} {why}: not a valid statekit entry (nothing was restored)",
+                        escape(key)
+                    )));
+                }
+            }
+            if rules.str_keys && !strict && std::str::from_utf8(key).is_err() {
                 return Err(NativeError::invalid(format!(
                     "record {index}: key {} is not UTF-8; read it with str_keys=False",
-                    escape(record.key)
+                    escape(key)
                 )));
             }
-            if let Some(prefix) = prefix {
-                if !record.key.starts_with(prefix) {
+            if let Some(prefix) = rules.require_prefix {
+                if !key.starts_with(prefix) {
                     return Err(NativeError::invalid(format!(
                         "record {index}: key {} does not start with the required prefix {}",
-                        escape(record.key),
+                        escape(key),
                         escape(prefix)
                     )));
                 }
@@ -552,12 +885,14 @@ impl Decoded {
     }
 }
 
+/// Decompresses a payload whose digest (and signature) already verified, into exactly
+/// `size` bytes: zstd never writes past the buffer, so a frame that would inflate further
+/// fails instead of growing memory.
 fn decompress(payload: &[u8], size: u64) -> Result<Vec<u8>, NativeError> {
     let size = usize::try_from(size).map_err(|_| {
         NativeError::corrupt(format!("snapshot uncompressed size {size} is implausible"))
     })?;
-    // The zstd frame records its own content size; a header that disagrees is corrupt, and
-    // checking first keeps a damaged size field from driving a huge allocation.
+    // The zstd frame records its own content size; a header that disagrees is corrupt.
     match zstd::zstd_safe::get_frame_content_size(payload) {
         Ok(Some(n)) if n == size as u64 => {}
         Ok(Some(n)) => {
@@ -591,32 +926,20 @@ fn decompress(payload: &[u8], size: u64) -> Result<Vec<u8>, NativeError> {
 /// Verifies a whole snapshot held in memory and returns its batch (records not yet walked:
 /// see [`Decoded::scan`]).
 ///
-/// The digest is computed on a second thread while the payload is decompressed; nothing is
-/// returned unless both the digest and the batch header and CRC check out (a digest mismatch
-/// is reported in preference to any decoding error).
-pub fn decode(data: Vec<u8>) -> Result<Decoded, NativeError> {
+/// Order matters: the header is checked, then the digest and the signature over the stored
+/// bytes, and only then is anything decompressed (a damaged or forged file is refused
+/// before it can make us allocate), into a buffer of the declared size.
+pub fn decode(data: Vec<u8>, key: Option<&[u8]>) -> Result<Decoded, NativeError> {
     let header = Header::parse(&data, data.len() as u64)?;
-    let hashed = data.get(..HASHED_LEN).unwrap_or_default();
-    let payload = data.get(HEADER_LEN..).unwrap_or_default();
-    let decompressed = match header.compression {
-        Compression::None => {
-            check_digest(&header, &digest_of(payload, hashed))?;
-            None
-        }
+    check_stored_bytes(&header, &data, key)?;
+    let offset = header.payload_offset();
+    let (buf, start) = match header.compression {
+        Compression::None => (data, offset),
         Compression::Zstd => {
-            let (digest, inflated) = std::thread::scope(|s| {
-                let hasher = s.spawn(|| digest_of(payload, hashed));
-                let inflated = decompress(payload, header.uncompressed_size);
-                (hasher.join(), inflated)
-            });
-            let digest = digest.map_err(|_| NativeError::invalid("the hashing thread failed"))?;
-            check_digest(&header, &digest)?;
-            Some(inflated?)
+            let payload = data.get(offset..).unwrap_or_default();
+            let inflated = decompress(payload, header.uncompressed_size)?;
+            (inflated, 0)
         }
-    };
-    let (buf, start) = match decompressed {
-        Some(buf) => (buf, 0),
-        None => (data, HEADER_LEN),
     };
     let decoded = Decoded { header, buf, start };
     let batch_bytes = decoded.batch();
@@ -656,20 +979,103 @@ fn in_file(path: &Path) -> impl Fn(NativeError) -> NativeError + '_ {
     }
 }
 
+/// What kind of file `meta` describes, for messages.
+fn kind_of(meta: &fs::Metadata) -> &'static str {
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Opens `path` for reading only if it is a regular file, and returns it with its size.
+///
+/// `O_NOFOLLOW`: a symlink is refused rather than followed (it could point anywhere, such as
+/// `/dev/zero`); `O_NONBLOCK`: opening a FIFO returns at once instead of waiting for a writer
+/// forever. Anything but a regular file is refused as `Corrupt` before a byte is read.
+pub fn open_regular(path: &Path) -> Result<(File, u64), NativeError> {
+    let not_regular = |what: &str| {
+        NativeError::corrupt(format!(
+            "checkpoint file {}: {what}, not a regular file; refusing to read it",
+            path.display()
+        ))
+    };
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(not_regular("a symbolic link"))
+        }
+        Err(e) => return Err(io_error(path)(e)),
+    };
+    let meta = file.metadata().map_err(io_error(path))?;
+    if !meta.file_type().is_file() {
+        return Err(not_regular(kind_of(&meta)));
+    }
+    Ok((file, meta.len()))
+}
+
+/// Reads the header and extension of an open snapshot (at most their maximum size).
+fn read_head(
+    file: &mut File,
+    path: &Path,
+    file_len: u64,
+) -> Result<(Header, Vec<u8>), NativeError> {
+    let mut head = Vec::with_capacity(HEADER_LEN + MAX_EXTENSION_LEN);
+    Read::by_ref(file)
+        .take((HEADER_LEN + MAX_EXTENSION_LEN) as u64)
+        .read_to_end(&mut head)
+        .map_err(io_error(path))?;
+    let header = Header::parse(&head, file_len).map_err(in_file(path))?;
+    Ok((header, head))
+}
+
 /// Reads and verifies the snapshot at `path`, records not yet walked (see [`Decoded::scan`]).
-pub fn read_file(path: &Path) -> Result<Decoded, NativeError> {
-    let data = fs::read(path).map_err(io_error(path))?;
-    decode(data).map_err(in_file(path))
+pub fn read_file(path: &Path, key: Option<&[u8]>) -> Result<Decoded, NativeError> {
+    let (mut file, file_len) = open_regular(path)?;
+    // The header first: a file that is not a snapshot is refused without reading it all.
+    let (_, head) = read_head(&mut file, path, file_len)?;
+    // The size is the file's own (checked against the header): not an unverified field.
+    let capacity = usize::try_from(file_len).unwrap_or(usize::MAX);
+    let mut data = Vec::new();
+    data.try_reserve_exact(capacity)
+        .map_err(|_| NativeError::Io {
+            path: path.to_path_buf(),
+            source: io::Error::new(
+                ErrorKind::OutOfMemory,
+                "not enough memory to read the checkpoint",
+            ),
+        })?;
+    data.extend_from_slice(&head);
+    // One byte more than expected, so a file that grew meanwhile is caught by `decode`.
+    let rest = file_len.saturating_sub(head.len() as u64).saturating_add(1);
+    Read::by_ref(&mut file)
+        .take(rest)
+        .read_to_end(&mut data)
+        .map_err(io_error(path))?;
+    decode(data, key).map_err(in_file(path))
 }
 
 /// Reads the snapshot at `path` and checks everything, every record included.
 pub fn check_file(
     path: &Path,
-    str_keys: bool,
-    prefix: Option<&[u8]>,
+    rules: &Rules<'_>,
+    key: Option<&[u8]>,
 ) -> Result<(Decoded, Scan), NativeError> {
-    let decoded = read_file(path)?;
-    let scan = decoded.scan(str_keys, prefix).map_err(|e| match e {
+    let decoded = read_file(path, key)?;
+    let scan = decoded.scan(rules).map_err(|e| match e {
         NativeError::InvalidArgument(msg) => {
             NativeError::invalid(format!("checkpoint file {}: {msg}", path.display()))
         }
@@ -680,33 +1086,26 @@ pub fn check_file(
 
 /// Reads the header of the snapshot at `path` without hashing (checks its shape and size).
 pub fn read_header(path: &Path) -> Result<Header, NativeError> {
-    let mut file = File::open(path).map_err(io_error(path))?;
-    let file_len = file.metadata().map_err(io_error(path))?.len();
-    let mut head = Vec::with_capacity(HEADER_LEN);
-    Read::by_ref(&mut file)
-        .take(HEADER_LEN as u64)
-        .read_to_end(&mut head)
-        .map_err(io_error(path))?;
-    Header::parse(&head, file_len).map_err(in_file(path))
+    let (mut file, file_len) = open_regular(path)?;
+    read_head(&mut file, path, file_len).map(|(header, _)| header)
 }
 
-/// Checks the header and the digest of the file at `path`, streaming it; with `deep`, also
-/// decompresses and validates every record (as [`read_file`] does).
-pub fn verify_file(path: &Path, deep: bool) -> Result<Header, NativeError> {
+/// Checks the header, the digest and (with a key) the signature of the file at `path`,
+/// streaming it; with `deep`, also decompresses and validates every record (as
+/// [`read_file`] does).
+pub fn verify_file(path: &Path, deep: bool, key: Option<&[u8]>) -> Result<Header, NativeError> {
     if deep {
-        return check_file(path, false, None).map(|(d, _)| d.header);
+        return check_file(path, &Rules::default(), key).map(|(d, _)| d.header);
     }
-    let mut file = File::open(path).map_err(io_error(path))?;
-    let file_len = file.metadata().map_err(io_error(path))?.len();
-    let mut head = Vec::with_capacity(HEADER_LEN);
-    Read::by_ref(&mut file)
-        .take(HEADER_LEN as u64)
-        .read_to_end(&mut head)
-        .map_err(io_error(path))?;
-    let header = Header::parse(&head, file_len).map_err(in_file(path))?;
+    let (mut file, file_len) = open_regular(path)?;
+    let (header, head) = read_head(&mut file, path, file_len)?;
+    let offset = header.payload_offset();
     let mut hasher = Sha256::new();
+    // `head` may already hold the start of the payload.
+    let first = head.get(offset..).unwrap_or_default();
+    hasher.update(first);
+    let mut seen = first.len() as u64;
     let mut buf = vec![0u8; FILE_CHUNK];
-    let mut seen: u64 = 0;
     loop {
         match file.read(&mut buf) {
             Ok(0) => break,
@@ -726,8 +1125,7 @@ pub fn verify_file(path: &Path, deep: bool) -> Result<Header, NativeError> {
             header.payload_size
         ))));
     }
-    hasher.update(head.get(..HASHED_LEN).unwrap_or_default());
-    check_digest(&header, &hasher.finalize().into()).map_err(in_file(path))?;
+    finish_checks(&header, hasher, &head, key).map_err(in_file(path))?;
     Ok(header)
 }
 
@@ -751,6 +1149,10 @@ pub struct PySnapshotInfo {
     pub file_size: u64,
     /// Lowercase hex SHA-256 recorded in the header.
     pub checksum: String,
+    /// The key prefix the snapshot records (None for a version-1 file).
+    pub prefix: Option<String>,
+    /// Whether the file carries an HMAC-SHA256 signature (verified only when a key is given).
+    pub signed: bool,
 }
 
 impl From<&Header> for PySnapshotInfo {
@@ -763,6 +1165,8 @@ impl From<&Header> for PySnapshotInfo {
             uncompressed_size: h.uncompressed_size,
             file_size: h.file_size(),
             checksum: h.checksum(),
+            prefix: h.prefix.clone(),
+            signed: h.tag.is_some(),
         }
     }
 }
@@ -772,14 +1176,16 @@ impl PySnapshotInfo {
     fn __repr__(&self) -> String {
         format!(
             "SnapshotInfo(version={}, compression={:?}, created_at={}, entry_count={}, \
-             uncompressed_size={}, file_size={}, checksum={:?})",
+             uncompressed_size={}, file_size={}, checksum={:?}, prefix={:?}, signed={})",
             self.version,
             self.compression,
             self.created_at,
             self.entry_count,
             self.uncompressed_size,
             self.file_size,
-            self.checksum
+            self.checksum,
+            self.prefix,
+            self.signed
         )
     }
 }
@@ -913,8 +1319,10 @@ fn collect_records(records: &Bound<'_, PyAny>) -> PyResult<(BatchWriter, u64)> {
             0 => 0,
             _ => 17 + field_len(&columns.0.get_item(0)?) + field_len(&columns.1.get_item(0)?),
         };
-        let mut writer =
-            BatchWriter::with_capacity(len.saturating_mul(per_record + per_record / 8));
+        let mut writer = BatchWriter::with_capacity(
+            len.saturating_mul(per_record + per_record / 8)
+                .min(framing::MAX_PREALLOC),
+        );
         let count = push_columns(&mut writer, &columns)?;
         return Ok((writer, count));
     }
@@ -925,8 +1333,11 @@ fn collect_records(records: &Bound<'_, PyAny>) -> PyResult<(BatchWriter, u64)> {
             0 => 0,
             _ => estimate_size(&list.get_item(0)?),
         };
-        let mut writer =
-            BatchWriter::with_capacity(list.len().saturating_mul(per_record + per_record / 8));
+        let mut writer = BatchWriter::with_capacity(
+            list.len()
+                .saturating_mul(per_record + per_record / 8)
+                .min(framing::MAX_PREALLOC),
+        );
         let mut index = 0;
         // By index, re-reading the length: converting an expiry (a float subclass) could
         // run Python code that changes the list.
@@ -980,9 +1391,19 @@ fn now_unix() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// `snapshot_write(path, records, *, compress=True, level=None, created_at=None)` -> info.
+/// A signing key from Python, checked (`ValueError` if shorter than [`MIN_KEY_LEN`]).
+fn signing_key_of(key: Option<&[u8]>) -> PyResult<Option<&[u8]>> {
+    if let Some(key) = key {
+        check_signing_key(key)?;
+    }
+    Ok(key)
+}
+
+/// `snapshot_write(path, records, *, compress=True, level=None, created_at=None, prefix="",
+/// signing_key=None)` -> info.
 #[pyfunction]
-#[pyo3(signature = (path, records, *, compress = true, level = None, created_at = None))]
+#[pyo3(signature = (path, records, *, compress = true, level = None, created_at = None, prefix = "", signing_key = None))]
+#[allow(clippy::too_many_arguments)]
 pub fn snapshot_write(
     py: Python<'_>,
     path: PathBuf,
@@ -990,6 +1411,8 @@ pub fn snapshot_write(
     compress: bool,
     level: Option<i32>,
     created_at: Option<f64>,
+    prefix: &str,
+    signing_key: Option<&[u8]>,
 ) -> PyResult<PySnapshotInfo> {
     if let Some(level) = level.filter(|l| !(1..=MAX_LEVEL).contains(l)) {
         return Err(PyValueError::new_err(format!(
@@ -1004,6 +1427,8 @@ pub fn snapshot_write(
         },
         level,
         created_at: created_at.unwrap_or_else(now_unix),
+        prefix,
+        signing_key: signing_key_of(signing_key)?,
     };
     let (writer, count) = collect_records(records)?;
     let header = py.detach(|| write_file(&path, &writer.finish(), count, &options))?;
@@ -1017,11 +1442,17 @@ pub fn snapshot_info(py: Python<'_>, path: PathBuf) -> PyResult<PySnapshotInfo> 
     Ok(PySnapshotInfo::from(&header))
 }
 
-/// `snapshot_verify(path, *, deep=True)` -> header of a verified snapshot.
+/// `snapshot_verify(path, *, deep=True, signing_key=None)` -> header of a verified snapshot.
 #[pyfunction]
-#[pyo3(signature = (path, *, deep = true))]
-pub fn snapshot_verify(py: Python<'_>, path: PathBuf, deep: bool) -> PyResult<PySnapshotInfo> {
-    let header = py.detach(|| verify_file(&path, deep))?;
+#[pyo3(signature = (path, *, deep = true, signing_key = None))]
+pub fn snapshot_verify(
+    py: Python<'_>,
+    path: PathBuf,
+    deep: bool,
+    signing_key: Option<&[u8]>,
+) -> PyResult<PySnapshotInfo> {
+    let key = signing_key_of(signing_key)?;
+    let header = py.detach(|| verify_file(&path, deep, key))?;
     Ok(PySnapshotInfo::from(&header))
 }
 
@@ -1033,18 +1464,25 @@ type Columns<'py> = (
     Option<Bound<'py, PyList>>,
 );
 
-/// `snapshot_read(path, *, str_keys=True, require_prefix=None)` ->
-/// `(info, keys, values, expires_at | None)`.
+/// `snapshot_read(path, *, str_keys=True, require_prefix=None, reserved_prefix=None,
+/// signing_key=None)` -> `(info, keys, values, expires_at | None)`.
 #[pyfunction]
-#[pyo3(signature = (path, *, str_keys = true, require_prefix = None))]
+#[pyo3(signature = (path, *, str_keys = true, require_prefix = None, reserved_prefix = None, signing_key = None))]
 pub fn snapshot_read<'py>(
     py: Python<'py>,
     path: PathBuf,
     str_keys: bool,
     require_prefix: Option<&str>,
+    reserved_prefix: Option<&str>,
+    signing_key: Option<&[u8]>,
 ) -> PyResult<Columns<'py>> {
-    let prefix = require_prefix.map(str::as_bytes).filter(|p| !p.is_empty());
-    let (decoded, scan) = py.detach(|| check_file(&path, str_keys, prefix))?;
+    let key = signing_key_of(signing_key)?;
+    let rules = Rules {
+        str_keys,
+        require_prefix: require_prefix.map(str::as_bytes).filter(|p| !p.is_empty()),
+        reserved_prefix: reserved_prefix.map(str::as_bytes),
+    };
+    let (decoded, scan) = py.detach(|| check_file(&path, &rules, key))?;
     let any_expiry = scan.any_expiry;
     let info = PySnapshotInfo::from(&decoded.header);
     let batch = framing::open(decoded.batch())?;
@@ -1126,11 +1564,13 @@ mod tests {
         ]
     }
 
-    fn options(compression: Compression) -> Options {
+    fn options(compression: Compression) -> Options<'static> {
         Options {
             compression,
             level: None,
             created_at: 1_700_000_000.5,
+            prefix: "",
+            signing_key: None,
         }
     }
 
@@ -1170,8 +1610,8 @@ mod tests {
 
     /// Decodes and walks every record, as `snapshot_read` does.
     fn full_check(data: Vec<u8>) -> Result<Vec<Owned>, NativeError> {
-        let decoded = decode(data)?;
-        decoded.scan(false, None)?;
+        let decoded = decode(data, None)?;
+        decoded.scan(&Rules::default())?;
         Ok(records_of(&decoded))
     }
 
@@ -1179,7 +1619,22 @@ mod tests {
     /// can catch the change.
     fn forge(mut data: Vec<u8>, edit: impl Fn(&mut [u8])) -> Vec<u8> {
         edit(&mut data[..HEADER_LEN]);
-        let digest = digest_of(&data[HEADER_LEN..], &data[..HASHED_LEN]);
+        rehash(data)
+    }
+
+    /// Recomputes the digest of a file (version 2 or 1) after an edit, as a forger would.
+    fn rehash(mut data: Vec<u8>) -> Vec<u8> {
+        let ext_len = if data[8] == 1 {
+            0
+        } else {
+            u32::from_le_bytes(array_at(&data, 12)) as usize
+        };
+        let offset = (HEADER_LEN + ext_len).min(data.len());
+        let mut hasher = Sha256::new();
+        hasher.update(&data[offset..]);
+        hasher.update(&data[..HASHED_LEN]);
+        hasher.update(&data[HEADER_LEN..offset]);
+        let digest: [u8; 32] = hasher.finalize().into();
         data[HASHED_LEN..HEADER_LEN].copy_from_slice(&digest);
         data
     }
@@ -1193,12 +1648,12 @@ mod tests {
             assert_eq!(header.entry_count, 4);
             assert_eq!(header.created_at, 1_700_000_000.5);
             assert_eq!(header.file_size(), fs::metadata(&path).expect("stat").len());
-            let decoded = read_file(&path).expect("read");
+            let decoded = read_file(&path, None).expect("read");
             assert_eq!(decoded.header, header);
-            assert!(decoded.scan(false, None).expect("scan").any_expiry);
+            assert!(decoded.scan(&Rules::default()).expect("scan").any_expiry);
             assert!(same(&records_of(&decoded), &sample()));
-            assert_eq!(verify_file(&path, false).expect("quick"), header);
-            assert_eq!(verify_file(&path, true).expect("deep"), header);
+            assert_eq!(verify_file(&path, false, None).expect("quick"), header);
+            assert_eq!(verify_file(&path, true, None).expect("deep"), header);
             assert_eq!(read_header(&path).expect("header"), header);
         }
         assert_eq!(dir.names(), vec!["a.ckpt"], "no temporary file is left");
@@ -1209,8 +1664,17 @@ mod tests {
         let dir = TempDir::new();
         let (path, header) = write(&dir, "e.ckpt", &[], &options(Compression::Zstd));
         assert_eq!(header.entry_count, 0);
-        let decoded = read_file(&path).expect("read");
-        assert!(!decoded.scan(true, Some(b"x")).expect("scan").any_expiry);
+        let decoded = read_file(&path, None).expect("read");
+        assert!(
+            !decoded
+                .scan(&Rules {
+                    str_keys: true,
+                    require_prefix: Some(b"x"),
+                    reserved_prefix: None
+                })
+                .expect("scan")
+                .any_expiry
+        );
         assert!(records_of(&decoded).is_empty());
     }
 
@@ -1222,16 +1686,23 @@ mod tests {
         assert_eq!(&data[0..8], b"SKSNAP\r\n");
         assert_eq!(u16::from_le_bytes([data[8], data[9]]), VERSION);
         assert_eq!(data[10], 0);
-        assert_eq!(&data[11..16], &[0; 5]);
+        assert_eq!(data[11], 0, "not signed");
+        assert_eq!(
+            u32::from_le_bytes(array_at(&data, 12)),
+            2,
+            "extension: an empty prefix"
+        );
         assert_eq!(f64::from_le_bytes(array_at(&data, 16)), 1_700_000_000.5);
         assert_eq!(u64::from_le_bytes(array_at(&data, 24)), 4);
         let batch = framing::encode(&sample()).expect("encode");
         assert_eq!(u64::from_le_bytes(array_at(&data, 32)), batch.len() as u64);
         assert_eq!(u64::from_le_bytes(array_at(&data, 40)), batch.len() as u64);
-        assert_eq!(&data[HEADER_LEN..], &batch[..]);
+        assert_eq!(&data[HEADER_LEN..HEADER_LEN + 2], &[0, 0]);
+        assert_eq!(&data[HEADER_LEN + 2..], &batch[..]);
         let mut hasher = Sha256::new();
-        hasher.update(&data[HEADER_LEN..]);
+        hasher.update(&data[HEADER_LEN + 2..]);
         hasher.update(&data[..HASHED_LEN]);
+        hasher.update(&data[HEADER_LEN..HEADER_LEN + 2]);
         let digest: [u8; 32] = hasher.finalize().into();
         assert_eq!(&data[48..80], &digest);
         assert_eq!(header.checksum(), to_hex(&digest));
@@ -1253,7 +1724,7 @@ mod tests {
                     );
                     fs::write(&path, &bad).expect("write");
                     assert!(
-                        is_corrupt(verify_file(&path, false)),
+                        is_corrupt(verify_file(&path, false, None)),
                         "quick verify, byte {byte}"
                     );
                 }
@@ -1271,7 +1742,7 @@ mod tests {
                 assert!(is_corrupt(full_check(data[..cut].to_vec())), "cut at {cut}");
                 fs::write(&path, &data[..cut]).expect("write");
                 assert!(
-                    is_corrupt(verify_file(&path, false)),
+                    is_corrupt(verify_file(&path, false, None)),
                     "quick verify, cut at {cut}"
                 );
                 assert!(is_corrupt(read_header(&path)), "header, cut at {cut}");
@@ -1302,12 +1773,14 @@ mod tests {
         let (path, _) = write(&dir, "g.ckpt", &sample(), &options(Compression::Zstd));
         let data = fs::read(&path).expect("read");
         type Edit = Box<dyn Fn(&mut [u8])>;
-        let cases: [(&str, Edit); 5] = [
+        let cases: [(&str, Edit); 7] = [
             ("entries", Box::new(|h| h[24] ^= 1)),
             ("header says", Box::new(|h| h[32] ^= 1)),
-            ("version 2", Box::new(|h| h[8] = 2)),
+            ("version 3", Box::new(|h| h[8] = 3)),
             ("compression code 7", Box::new(|h| h[10] = 7)),
-            ("reserved", Box::new(|h| h[13] = 1)),
+            ("unknown flags", Box::new(|h| h[11] = 4)),
+            ("extension length", Box::new(|h| h[14] = 1)),
+            ("inconsistent", Box::new(|h| h[11] = 1)),
         ];
         for (expected, edit) in cases {
             let msg = corrupt_message(full_check(forge(data.clone(), edit)));
@@ -1326,7 +1799,7 @@ mod tests {
         let last = data.len() - 1;
         data[last] ^= 0x80;
         fs::write(&path, &data).expect("write");
-        let msg = corrupt_message(verify_file(&path, true));
+        let msg = corrupt_message(verify_file(&path, true, None));
         assert!(
             msg.contains("n.ckpt") && msg.contains("checksum mismatch"),
             "{msg}"
@@ -1337,19 +1810,31 @@ mod tests {
     fn scan_checks_utf8_and_prefix() {
         let dir = TempDir::new();
         let (path, _) = write(&dir, "s.ckpt", &sample(), &options(Compression::None));
-        let decoded = read_file(&path).expect("read");
+        let decoded = read_file(&path, None).expect("read");
+        let utf8 = Rules {
+            str_keys: true,
+            ..Rules::default()
+        };
+        let job = Rules {
+            require_prefix: Some(b"job:"),
+            ..Rules::default()
+        };
         assert!(matches!(
-            decoded.scan(true, None),
+            decoded.scan(&utf8),
             Err(NativeError::InvalidArgument(msg)) if msg.contains("UTF-8")
         ));
         assert!(matches!(
-            decoded.scan(false, Some(b"job:")),
+            decoded.scan(&job),
             Err(NativeError::InvalidArgument(msg)) if msg.contains("prefix")
         ));
         let only_job = vec![(b"job:a".to_vec(), b"1".to_vec(), None)];
         let (path, _) = write(&dir, "p.ckpt", &only_job, &options(Compression::None));
-        let decoded = read_file(&path).expect("read");
-        assert!(!decoded.scan(true, Some(b"job:")).expect("scan").any_expiry);
+        let decoded = read_file(&path, None).expect("read");
+        let both = Rules {
+            str_keys: true,
+            ..job
+        };
+        assert!(!decoded.scan(&both).expect("scan").any_expiry);
     }
 
     #[test]
@@ -1379,7 +1864,7 @@ mod tests {
         let (path, first) = write(&dir, "r.ckpt", &sample(), &options(Compression::Zstd));
         let (_, second) = write(&dir, "r.ckpt", &sample()[..1], &options(Compression::None));
         assert_ne!(first, second);
-        assert_eq!(read_file(&path).expect("read").header, second);
+        assert_eq!(read_file(&path, None).expect("read").header, second);
         assert_eq!(dir.names(), vec!["r.ckpt"]);
     }
 
@@ -1392,6 +1877,258 @@ mod tests {
         let err = write_file(&dir.0.join("x.ckpt"), &batch, 4, &opts).expect_err("fails");
         assert!(matches!(err, NativeError::InvalidArgument(_)));
         assert!(dir.names().is_empty());
+    }
+
+    const KEY: &[u8] = b"0123456789abcdef-signing-key";
+
+    fn signed(prefix: &'static str, key: Option<&'static [u8]>) -> Options<'static> {
+        Options {
+            prefix,
+            signing_key: key,
+            ..options(Compression::Zstd)
+        }
+    }
+
+    /// A version-1 file of `records`, uncompressed, as statekit 0.1 wrote it.
+    fn version_1(records: &[Owned]) -> Vec<u8> {
+        let batch = framing::encode(records).expect("encode");
+        let mut head = [0u8; HEADER_LEN];
+        head[0..8].copy_from_slice(&MAGIC);
+        head[8..10].copy_from_slice(&1u16.to_le_bytes());
+        head[16..24].copy_from_slice(&1_600_000_000.0f64.to_le_bytes());
+        head[24..32].copy_from_slice(&(records.len() as u64).to_le_bytes());
+        head[32..40].copy_from_slice(&(batch.len() as u64).to_le_bytes());
+        head[40..48].copy_from_slice(&(batch.len() as u64).to_le_bytes());
+        let mut data = head.to_vec();
+        data.extend_from_slice(&batch);
+        rehash(data)
+    }
+
+    #[test]
+    fn version_1_files_are_still_read() {
+        let data = version_1(&sample());
+        let decoded = decode(data.clone(), None).expect("decode");
+        assert_eq!(decoded.header.version, 1);
+        assert_eq!(decoded.header.prefix, None);
+        assert_eq!(decoded.header.file_size(), data.len() as u64);
+        assert!(same(&records_of(&decoded), &sample()));
+        // Never signed: refused when a key is configured.
+        let msg = corrupt_message(decode(data, Some(KEY)));
+        assert!(msg.contains("not signed"), "{msg}");
+    }
+
+    #[test]
+    fn the_prefix_is_recorded_and_enforced() {
+        let dir = TempDir::new();
+        let records = vec![
+            (b"job:a".to_vec(), b"1".to_vec(), None),
+            (b"job:b".to_vec(), b"2".to_vec(), Some(5.0)),
+        ];
+        let (path, header) = write(&dir, "p.ckpt", &records, &signed("job:", None));
+        assert_eq!(header.prefix.as_deref(), Some("job:"));
+        assert_eq!(
+            read_header(&path).expect("header").prefix.as_deref(),
+            Some("job:")
+        );
+        assert!(same(
+            &records_of(&read_file(&path, None).expect("read")),
+            &records
+        ));
+        // The writer refuses keys outside the prefix it records...
+        let batch = framing::encode(&sample()).expect("encode");
+        let err = write_file(&dir.0.join("x.ckpt"), &batch, 4, &signed("job:", None));
+        assert!(matches!(err, Err(NativeError::InvalidArgument(m)) if m.contains("prefix")));
+        // ...and a file that breaks the promise anyway is corrupt.
+        let mut file = File::create(dir.0.join("y.ckpt")).expect("create");
+        write_payload(&mut file, &batch, 4, &signed("job:", None))
+            .unwrap_or_else(|_| panic!("write"));
+        drop(file);
+        let msg = corrupt_message(check_file(&dir.0.join("y.ckpt"), &Rules::default(), None));
+        assert!(msg.contains("outside the prefix"), "{msg}");
+    }
+
+    #[test]
+    fn signed_files_verify_only_with_their_key() {
+        let dir = TempDir::new();
+        let (path, header) = write(&dir, "s.ckpt", &sample(), &signed("", Some(KEY)));
+        assert!(header.tag.is_some());
+        assert_eq!(verify_file(&path, false, Some(KEY)).expect("quick"), header);
+        assert_eq!(verify_file(&path, true, Some(KEY)).expect("deep"), header);
+        assert!(same(
+            &records_of(&read_file(&path, Some(KEY)).expect("read")),
+            &sample()
+        ));
+        // Without a key the digest still protects it against accidents.
+        assert_eq!(verify_file(&path, true, None).expect("no key"), header);
+        let msg = corrupt_message(verify_file(&path, false, Some(b"another key, 16+ bytes")));
+        assert!(msg.contains("signature does not verify"), "{msg}");
+        // Unsigned files are refused once a key is configured.
+        let (plain, _) = write(&dir, "u.ckpt", &sample(), &options(Compression::Zstd));
+        let msg = corrupt_message(verify_file(&plain, false, Some(KEY)));
+        assert!(msg.contains("not signed"), "{msg}");
+        let msg = corrupt_message(read_file(&plain, Some(KEY)));
+        assert!(msg.contains("not signed"), "{msg}");
+    }
+
+    #[test]
+    fn a_planted_file_with_a_recomputed_digest_is_refused() {
+        let dir = TempDir::new();
+        let (path, _) = write(&dir, "s.ckpt", &sample(), &signed("", Some(KEY)));
+        let other = vec![(b"evil".to_vec(), b"x".to_vec(), None)];
+        let (forged, _) = write(
+            &dir,
+            "f.ckpt",
+            &other,
+            &signed("", Some(b"the attacker's own key")),
+        );
+        // The attacker writes a file of their own, signed with a key of their own, and
+        // recomputes the SHA-256: only the HMAC tells it apart.
+        let data = rehash(fs::read(&forged).expect("read"));
+        fs::write(&path, &data).expect("write");
+        let msg = corrupt_message(read_file(&path, Some(KEY)));
+        assert!(msg.contains("signature does not verify"), "{msg}");
+        // Flipping the tag of a genuine file: the digest catches it even without a key.
+        let (path, _) = write(&dir, "t.ckpt", &sample(), &signed("", Some(KEY)));
+        let mut data = fs::read(&path).expect("read");
+        data[HEADER_LEN + 2] ^= 1;
+        assert!(is_corrupt(decode(data.clone(), None)));
+        assert!(is_corrupt(decode(rehash(data), Some(KEY))));
+    }
+
+    #[test]
+    fn short_signing_keys_are_refused() {
+        let dir = TempDir::new();
+        let batch = framing::encode(&sample()).expect("encode");
+        let err = write_file(
+            &dir.0.join("k.ckpt"),
+            &batch,
+            4,
+            &signed("", Some(b"short")),
+        );
+        assert!(matches!(err, Err(NativeError::InvalidArgument(m)) if m.contains("16 bytes")));
+        assert!(dir.names().is_empty());
+    }
+
+    /// A zstd frame of `size` zero bytes (RLE blocks: about 4 bytes per 128 KiB).
+    fn zeros_frame(size: usize) -> Vec<u8> {
+        zstd::bulk::compress(&vec![0u8; size], 19).expect("compress")
+    }
+
+    #[test]
+    fn a_zstd_bomb_with_a_wrong_digest_is_refused_before_decompressing() {
+        // 64 MiB of zeros compress to a few KiB; declare it honestly, get the digest wrong.
+        let size = 64 << 20;
+        let frame = zeros_frame(size);
+        assert!(frame.len() < 8 << 10, "{}", frame.len());
+        let header = Header {
+            version: VERSION,
+            compression: Compression::Zstd,
+            created_at: 1.0,
+            entry_count: 0,
+            uncompressed_size: size as u64,
+            payload_size: frame.len() as u64,
+            digest: [7; 32],
+            prefix: Some(String::new()),
+            tag: None,
+        };
+        let mut data = header.encode().to_vec();
+        data.extend_from_slice(&header.extension_body());
+        data.extend_from_slice(&frame);
+        let msg = corrupt_message(decode(data.clone(), None));
+        assert!(msg.contains("checksum mismatch"), "{msg}");
+        // With a correct digest it is decompressed (bounded by the declared size), then
+        // refused as not a record batch.
+        let msg = corrupt_message(decode(rehash(data), None));
+        assert!(msg.contains("records are invalid"), "{msg}");
+    }
+
+    #[test]
+    fn implausible_declared_sizes_are_refused_before_hashing() {
+        let dir = TempDir::new();
+        let (path, _) = write(&dir, "z.ckpt", &sample(), &options(Compression::Zstd));
+        let data = fs::read(&path).expect("read");
+        let payload = (data.len() - HEADER_LEN - 2) as u64;
+        for size in [payload * MAX_ZSTD_RATIO + 1, MAX_UNCOMPRESSED + 1, u64::MAX] {
+            let bad = forge(data.clone(), |h| {
+                h[32..40].copy_from_slice(&size.to_le_bytes())
+            });
+            let msg = corrupt_message(full_check(bad));
+            assert!(msg.contains("implausible"), "{size}: {msg}");
+        }
+        let (path, _) = write(&dir, "n.ckpt", &sample(), &options(Compression::None));
+        let data = fs::read(&path).expect("read");
+        let bad = forge(data, |h| h[32] ^= 4);
+        assert!(corrupt_message(full_check(bad)).contains("implausible"));
+    }
+
+    #[test]
+    fn out_of_range_creation_times_are_corrupt() {
+        let dir = TempDir::new();
+        let (path, _) = write(&dir, "c.ckpt", &sample(), &options(Compression::None));
+        let data = fs::read(&path).expect("read");
+        for bad_time in [1e300, f64::NAN, -1.0, f64::INFINITY, MAX_CREATED_AT + 1.0] {
+            let bad = forge(data.clone(), |h| {
+                h[16..24].copy_from_slice(&bad_time.to_le_bytes())
+            });
+            fs::write(&path, &bad).expect("write");
+            let msg = corrupt_message(read_header(&path));
+            assert!(msg.contains("creation time"), "{bad_time}: {msg}");
+        }
+    }
+
+    #[test]
+    fn only_regular_files_are_opened() {
+        let dir = TempDir::new();
+        let (target, _) = write(&dir, "real.ckpt", &sample(), &options(Compression::None));
+        let link = dir.0.join("link.ckpt");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let sub = dir.0.join("dir.ckpt");
+        fs::create_dir(&sub).expect("mkdir");
+        let fifo = dir.0.join("fifo.ckpt");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(status.success());
+        for (path, what) in [
+            (&link, "symbolic link"),
+            (&sub, "directory"),
+            (&fifo, "FIFO"),
+        ] {
+            // A FIFO without a writer would block a plain open() forever.
+            let msg = corrupt_message(read_header(path));
+            assert!(msg.contains(what), "{msg}");
+            assert!(is_corrupt(read_file(path, None)));
+            assert!(is_corrupt(verify_file(path, false, None)));
+        }
+    }
+
+    #[test]
+    fn strict_rules_refuse_keys_no_backend_can_hold() {
+        let dir = TempDir::new();
+        let rules = Rules {
+            str_keys: true,
+            require_prefix: None,
+            reserved_prefix: Some(b"{statekit-"),
+        };
+        let cases: [(&[u8], Option<f64>, &str); 4] = [
+            (b"", None, "is empty"),
+            (b"\xff\xfe", None, "not UTF-8"),
+            (b"{statekit-index:}:lex", None, "reserved"),
+            (b"ok", Some(f64::NAN), "NaN"),
+        ];
+        for (key, expiry, expected) in cases {
+            let records = vec![
+                (b"fine".to_vec(), b"1".to_vec(), None),
+                (key.to_vec(), b"2".to_vec(), expiry),
+            ];
+            let (path, _) = write(&dir, "k.ckpt", &records, &options(Compression::Zstd));
+            let msg = corrupt_message(check_file(&path, &rules, None));
+            assert!(msg.contains(expected), "{expected}: {msg}");
+        }
+        let good = vec![(b"fine".to_vec(), b"1".to_vec(), Some(3.0))];
+        let (path, _) = write(&dir, "g.ckpt", &good, &options(Compression::Zstd));
+        assert!(check_file(&path, &rules, None).is_ok());
     }
 
     #[test]
@@ -1427,9 +2164,9 @@ mod tests {
         for compression in [Compression::None, Compression::Zstd] {
             let (path, header) = write(&dir, "big.ckpt", &big, &options(compression));
             assert!(header.uncompressed_size > 2 * PIPE_CHUNK as u64);
-            let decoded = read_file(&path).expect("read");
+            let decoded = read_file(&path, None).expect("read");
             assert!(same(&records_of(&decoded), &big));
-            assert_eq!(verify_file(&path, false).expect("quick"), header);
+            assert_eq!(verify_file(&path, false, None).expect("quick"), header);
         }
     }
 }

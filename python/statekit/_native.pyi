@@ -124,7 +124,7 @@ class SnapshotInfo:
 
     @property
     def version(self) -> int:
-        """Format version (1)."""
+        """Format version (2; 1 for files written by statekit 0.1)."""
     @property
     def compression(self) -> str:
         """``"zstd"`` or ``"none"``."""
@@ -142,7 +142,13 @@ class SnapshotInfo:
         """Size of the whole file in bytes."""
     @property
     def checksum(self) -> str:
-        """Lowercase hex SHA-256 recorded in the header (of the payload, then header bytes 0..48)."""
+        """Lowercase hex SHA-256 recorded in the header (of the payload, header bytes 0..48, extension)."""
+    @property
+    def prefix(self) -> str | None:
+        """The key prefix every record starts with, as recorded; None for a version-1 file."""
+    @property
+    def signed(self) -> bool:
+        """Whether the file carries an HMAC-SHA256 signature (verified only when a key is given)."""
 
 def snapshot_write(
     path: str | os.PathLike[str],
@@ -151,6 +157,8 @@ def snapshot_write(
     compress: bool = True,
     level: int | None = None,
     created_at: float | None = None,
+    prefix: str = "",
+    signing_key: bytes | None = None,
 ) -> SnapshotInfo:
     """Write a snapshot file of ``(key, value, expires_at)`` records, atomically and durably.
 
@@ -159,13 +167,22 @@ def snapshot_write(
     ``keys`` and ``values`` attributes are lists and whose ``expires_at`` is a list or ``None``,
     such as ``statekit.backends.base.ItemColumns``; it is then read by index, without tuples.
 
-    Layout (little-endian): an 80-byte header -- magic ``b"SKSNAP\r\n"``, format version u16
-    (1), compression u8 (0 none, 1 zstd), 5 reserved zero bytes, created-at f64, entry count u64,
-    uncompressed size u64, payload size u64, SHA-256 of the payload followed by header bytes
-    0..48 -- then the payload: the :func:`encode_records` batch of the records, zstd-compressed
-    when ``compress``. ``level`` is the zstd level (1..22); ``None`` picks level 1, or zstd's
-    fast mode (level -5) when level 1 shrinks a 1 MiB sample by less than a quarter (it is then
-    twice as fast and no bigger).
+    ``prefix`` is recorded in the header (every key must start with it); ``signing_key``
+    (at least 16 bytes) adds an HMAC-SHA256 tag that readers given the same key require.
+
+    Layout (format version 2, little-endian): an 80-byte header -- magic ``b"SKSNAP\r\n"``,
+    format version u16 (2), compression u8 (0 none, 1 zstd), flags u8 (bit 0: signed),
+    extension length u32, created-at f64, entry count u64, uncompressed size u64, payload size
+    u64, SHA-256 of the payload then header bytes 0..48 then the extension -- then the
+    extension (prefix length u16, the prefix in UTF-8, and the 32-byte tag when signed:
+    ``HMAC-SHA256(key, b"statekit-snapshot-v2\0" + header[0:48] + extension[:2 + len(prefix)]
+    + sha256(payload))``), then the payload: the :func:`encode_records` batch of the records,
+    zstd-compressed when ``compress``. ``level`` is the zstd level (1..22); ``None`` picks level
+    1, or zstd's fast mode (level -5) when level 1 shrinks a 1 MiB sample by less than a
+    quarter (it is then twice as fast and no bigger).
+
+    The SHA-256 detects accidents only (anyone who can write the file can recompute it); the
+    HMAC detects tampering by anyone who does not hold the key.
 
     The records are read once while attached; the CRC, compression, hashing and the write run
     with the GIL released (compression on this thread, hashing and writing on a second one).
@@ -175,7 +192,9 @@ def snapshot_write(
 
     Raises:
         TypeError: a record is not a 3-tuple of ``str | bytes``, ``bytes``, ``float | None``.
-        ValueError: ``level`` out of range, ``created_at`` not finite, or a key or value of 4 GiB or more.
+        ValueError: ``level`` out of range, ``created_at`` not a unix time from 1970 to 9999, a
+            key or value of 4 GiB or more, a key outside ``prefix``, a prefix over 4096 bytes,
+            or a ``signing_key`` shorter than 16 bytes.
         OSError: the file cannot be written (``.filename`` is the path).
     """
 
@@ -184,31 +203,45 @@ def snapshot_read(
     *,
     str_keys: bool = True,
     require_prefix: str | None = None,
+    reserved_prefix: str | None = None,
+    signing_key: bytes | None = None,
 ) -> tuple[SnapshotInfo, list[str], list[bytes], list[float | None] | None]:
     """Verify a snapshot file completely, then return its records as columns.
 
     Returns ``(info, keys, values, expires_at)``: keys as ``str`` (or ``bytes`` with
     ``str_keys=False``), values as ``bytes``, and the expiries, or ``None`` when no record has
-    one. The SHA-256 is computed (on a second thread, while the payload is decompressed) and
-    compared, the batch and every record are validated and counted, all with the GIL released,
-    before any Python object is built.
+    one. Only a regular file is opened (not a symlink, FIFO or directory). The header is
+    checked, then the SHA-256 (and, with ``signing_key``, the HMAC) over the stored bytes,
+    before anything is decompressed, into a buffer of the declared (and plausible) size; then
+    the batch and every record are validated and counted, all with the GIL released, before any
+    Python object is built. Every key must start with the prefix the file records.
+
+    With ``reserved_prefix``, every key must also be a valid statekit key -- non-empty, UTF-8,
+    not starting with ``reserved_prefix`` -- and no expiry NaN; otherwise ``CorruptData``.
 
     Raises:
-        statekit.errors.CorruptData: the file is truncated, altered, of an unknown version, or
-            not a snapshot (the message names the file and the problem).
-        ValueError: a key is not UTF-8 (with ``str_keys``) or does not start with ``require_prefix``.
+        statekit.errors.CorruptData: the file is truncated, altered, of an unknown version, not
+            a regular file, not a snapshot, unsigned or not signed with ``signing_key``, or
+            holds an invalid key (the message names the file and the problem).
+        ValueError: a key is not UTF-8 (with ``str_keys``) or does not start with
+            ``require_prefix``; ``signing_key`` is shorter than 16 bytes.
         OSError: the file cannot be read.
     """
 
-def snapshot_verify(path: str | os.PathLike[str], *, deep: bool = True) -> SnapshotInfo:
+def snapshot_verify(
+    path: str | os.PathLike[str], *, deep: bool = True, signing_key: bytes | None = None
+) -> SnapshotInfo:
     """Check a snapshot file without building any Python object; return its header.
 
-    Always: the header's magic, version, compression and reserved bytes, the file size against
-    the header, and the SHA-256 (streamed). With ``deep`` (the default), also decompress the
-    payload and validate the batch and every record, as :func:`snapshot_read` does.
+    Always: the header's magic, version, compression, flags and extension, the file size
+    against the header, the SHA-256 (streamed) and, with ``signing_key``, the HMAC. With
+    ``deep`` (the default), also decompress the payload and validate the batch and every
+    record, as :func:`snapshot_read` does.
 
     Raises:
-        statekit.errors.CorruptData: the file is truncated, altered, or not a snapshot.
+        statekit.errors.CorruptData: the file is truncated, altered, not a regular file, not a
+            snapshot, or (with ``signing_key``) unsigned or signed with another key.
+        ValueError: ``signing_key`` is shorter than 16 bytes.
         OSError: the file cannot be read.
     """
 
@@ -216,7 +249,8 @@ def snapshot_info(path: str | os.PathLike[str]) -> SnapshotInfo:
     """Read a snapshot file's header, checking its shape and the file size but not the SHA-256.
 
     Raises:
-        statekit.errors.CorruptData: the header is damaged, or the size does not match.
+        statekit.errors.CorruptData: the header is damaged, the size does not match, or the
+            path is not a regular file.
         OSError: the file cannot be read.
     """
 
@@ -246,10 +280,12 @@ def max_attempted_run(current: int, attempted: Iterable[int]) -> int:
 def run_gaps(last: int, successful: Iterable[int], bound: int) -> list[int]:
     """The runs in ``last + 1 ..= bound`` missing from ``successful``, ascending.
 
-    Empty if ``bound <= last``.
+    Empty if ``bound <= last``. At most 1,000,000 runs are returned: every allocation is
+    bounded by the length of ``successful`` plus a constant, whatever ``last`` and ``bound`` say.
 
     Raises:
-        ValueError: ``bound - last`` exceeds 10**9, or an item is outside the 64-bit range.
+        ValueError: ``bound - last`` exceeds 10**9, more than 1,000,000 runs are missing, or
+            an item is outside the 64-bit range.
         TypeError: an item is not an ``int``.
         OverflowError: ``last`` or ``bound`` is outside the 64-bit range.
     """

@@ -15,6 +15,8 @@ Usage::
     coordinator = CheckpointCoordinator(store, 30.0, CheckpointOptions("/var/lib/job/checkpoints"))
     if coordinator.list_checkpoints():  # not the first run: back to the last good checkpoint
         await coordinator.restore_latest()  # RestoreFailed if none of them verifies
+        for bad in coordinator.last_restore.set_aside:  # newer ones that failed, kept as *.corrupt
+            print("set aside", bad.checkpoint_id, bad.reason)
     async with coordinator:  # start(): a checkpoint every 30 s; on exit shutdown(): a final one
         ...  # run the job
 
@@ -22,8 +24,32 @@ From a shell: ``statekit checkpoint list | verify | restore`` (see :mod:`stateki
 
 What is checkpointed: every live key under the coordinator's prefix (a ``KeyValueStore``'s
 ``key_prefix``, or ``prefix=`` with a bare backend; empty: the whole backend), as raw bytes with
-each key's absolute expiry. A restore replaces everything under that prefix with the snapshot's
-content, minus the keys that have expired since; keys outside the prefix are untouched.
+each key's absolute expiry. The file records that prefix. A restore replaces everything under
+that prefix with the snapshot's content, minus the keys that have expired since; keys outside
+the prefix are untouched.
+
+Restore rules (they protect the other tenants of a shared store):
+
+* The checkpoint's recorded prefix must be the coordinator's prefix. Restoring it under another
+  prefix is refused unless ``force_prefix=True`` (every key must then be under the coordinator's
+  prefix, which is what gets replaced).
+* ``all_keys=True`` replaces every key of the backend, whatever the prefixes: the explicit
+  opt-in for wiping keys outside the checkpoint's prefix.
+* ``recorded_prefix=True`` replaces the keys under whatever prefix each checkpoint records (the
+  CLI's default); a checkpoint that records none (or an empty one) then needs ``all_keys=True``.
+* A checkpoint written by statekit 0.1 (format version 1) records no prefix: it is restored
+  under the coordinator's prefix, and a coordinator without one (the whole backend) needs
+  ``all_keys=True``.
+* ``plan_restore()`` is a dry run: what a restore would write and delete, nothing changed.
+* Before anything is written, the whole file is verified (header, SHA-256, signature, every
+  record) and every key must be a valid statekit key (non-empty UTF-8, outside the reserved
+  ``{statekit-`` namespace): a file that fails is never partially restored.
+
+Integrity and authenticity: the SHA-256 in each file only detects accidents (a flipped bit, a
+truncated write); anyone who can write the directory can recompute it. Set
+``CheckpointOptions(signing_key=...)`` (16 bytes or more, kept secret) to sign every checkpoint
+with HMAC-SHA256: files not signed with that key -- planted, altered, or unsigned -- are then
+refused (and set aside like corrupt ones).
 
 Consistency of a snapshot, per backend (``StateBackend.export_items``):
 
@@ -50,13 +76,19 @@ Files, in ``options.checkpoint_dir`` (one coordinator per directory):
 * ``.<id>.ckpt.<pid>.<n>.tmp``: a checkpoint being written. A process killed mid-write leaves
   one behind; the next successful checkpoint deletes it.
 
-File format (``statekit._native.snapshot_write``; version 1, little-endian): an 80-byte header
-(magic ``b"SKSNAP\\r\\n"``, format version u16, compression u8 (0 none, 1 zstd), 5 reserved
-bytes, created-at f64 unix seconds, entry count u64, uncompressed size u64, payload size u64,
-SHA-256 of the payload followed by header bytes 0..48), then the payload: the record batch of
-``statekit._native.encode_records`` (``(key, value, expires_at)`` records with a CRC-32), as is
-or as one zstd frame. The id is the file name; timestamp, entry count, size, version and
-checksum are all in the header, so there is no sidecar file to keep in step.
+File format (``statekit._native.snapshot_write``; version 2, little-endian): an 80-byte header
+(magic ``b"SKSNAP\\r\\n"``, format version u16, compression u8 (0 none, 1 zstd), flags u8 (bit
+0: signed), extension length u32, created-at f64 unix seconds, entry count u64, uncompressed
+size u64, payload size u64, SHA-256 of the payload, header bytes 0..48 and the extension), an
+extension (the key prefix, and the HMAC-SHA256 tag when signed), then the payload: the record
+batch of ``statekit._native.encode_records`` (``(key, value, expires_at)`` records with a
+CRC-32), as is or as one zstd frame. The id is the file name; timestamp, entry count, size,
+version, prefix and checksum are all in the header, so there is no sidecar file to keep in
+step. Version-1 files (no extension) are still read.
+
+Only regular files named exactly ``ckpt-<valid UTC time>.ckpt`` are checkpoints: symlinks,
+FIFOs, directories and names with an impossible date are ignored by restores and retention and
+reported by ``scan_checkpoints`` (and ``statekit checkpoint list``) as unreadable.
 """
 
 from __future__ import annotations
@@ -66,9 +98,10 @@ import contextlib
 import logging
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -76,7 +109,7 @@ from typing import Any, Final, Self
 
 from statekit import _native
 from statekit._utils.durations import to_seconds
-from statekit.backends.base import ItemColumns, StateBackend
+from statekit.backends.base import RESERVED_KEY_PREFIX, ItemColumns, StateBackend
 from statekit.errors import CheckpointFailed, ConfigError, CorruptData, RestoreFailed, StateError
 from statekit.store import KeyValueStore
 
@@ -87,6 +120,10 @@ __all__ = [
     "CheckpointOptions",
     "CheckpointStats",
     "ProgressCallback",
+    "RestorePlan",
+    "RestoreResult",
+    "SetAside",
+    "is_checkpoint_id",
     "read_checkpoint_info",
     "scan_checkpoints",
     "verify_checkpoint",
@@ -98,7 +135,10 @@ CHECKPOINT_SUFFIX: Final = ".ckpt"
 CORRUPT_SUFFIX: Final = ".corrupt"
 _ID_PREFIX: Final = "ckpt-"
 _ID_TIME_FORMAT: Final = "%Y%m%dT%H%M%S.%fZ"
-_ID_RE: Final = re.compile(r"ckpt-(\d{8}T\d{6}\.\d{6}Z)")
+# ASCII digits only (\d would also match other scripts' digits), the whole name.
+_ID_RE: Final = re.compile(r"ckpt-([0-9]{8}T[0-9]{6}\.[0-9]{6}Z)")
+#: Shortest ``signing_key`` accepted, in bytes.
+MIN_SIGNING_KEY_LEN: Final = 16
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 # How many items a restore writes between two progress reports.
 _PROGRESS_STEP: Final = 10_000
@@ -122,6 +162,11 @@ class CheckpointOptions:
             default) uses level 1, or zstd's fast mode when a sample of the content barely
             compresses (random or already-compressed values), which is twice as fast there and
             no bigger.
+        signing_key: a secret of at least 16 bytes: every checkpoint is signed with
+            HMAC-SHA256 under it, and restores and verifications refuse any file that is not
+            (unsigned, altered, planted by someone who can write the directory but does not
+            hold the key). Without it, the SHA-256 in each file only detects accidents. Never
+            shown in ``repr``.
 
     Example::
 
@@ -133,6 +178,7 @@ class CheckpointOptions:
     compress: bool
     min_interval: float
     compression_level: int | None
+    signing_key: bytes | None = field(default=None, repr=False)
 
     def __init__(
         self,
@@ -142,6 +188,7 @@ class CheckpointOptions:
         compress: bool = True,
         min_interval: float | timedelta = 10.0,
         compression_level: int | None = None,
+        signing_key: bytes | None = None,
     ) -> None:
         if not isinstance(checkpoint_dir, str | os.PathLike) or str(checkpoint_dir) == "":
             raise ConfigError(f"checkpoint_dir must be a non-empty path, got {checkpoint_dir!r}")
@@ -161,7 +208,20 @@ class CheckpointOptions:
         object.__setattr__(self, "max_checkpoints", max_checkpoints)
         object.__setattr__(self, "compress", compress)
         object.__setattr__(self, "min_interval", to_seconds(min_interval, "min_interval", allow_zero=True))
+        if signing_key is not None and (
+            not isinstance(signing_key, bytes) or len(signing_key) < MIN_SIGNING_KEY_LEN
+        ):
+            # The message never shows the key itself.
+            raise ConfigError(
+                f"signing_key must be None or bytes of at least {MIN_SIGNING_KEY_LEN} bytes, got "
+                + (
+                    f"{len(signing_key)} bytes"
+                    if isinstance(signing_key, bytes)
+                    else type(signing_key).__name__
+                )
+            )
         object.__setattr__(self, "compression_level", compression_level)
+        object.__setattr__(self, "signing_key", signing_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +238,8 @@ class CheckpointStats:
     last_checkpoint_duration_ms: float | None = None
     #: Sum of the file sizes of every checkpoint written.
     total_bytes_checkpointed: int = 0
+    #: Checkpoint files found unusable by restores and renamed to ``*.corrupt``.
+    checkpoints_set_aside: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The counters as a plain dict."""
@@ -203,6 +265,67 @@ class CheckpointInfo:
     compression: str
     #: Size of the record batch before compression.
     uncompressed_size: int
+    #: The key prefix the checkpoint was taken from; None for a version-1 file (not recorded).
+    prefix: str | None = None
+    #: Whether the file carries an HMAC-SHA256 signature (checked when a signing key is set).
+    signed: bool = False
+    #: Why the file is not usable (``list_checkpoints(include_damaged=True)``); None when sound.
+    damaged: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SetAside:
+    """A checkpoint a restore found unusable and renamed to ``*.corrupt``."""
+
+    checkpoint_id: str
+    #: Where the file is now; None if it could not be renamed (the error was logged).
+    path: Path | None
+    #: Why it was unusable.
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreResult:
+    """What the last ``restore`` / ``restore_latest`` did (``CheckpointCoordinator.last_restore``)."""
+
+    #: The checkpoint restored; None if none could be.
+    checkpoint_id: str | None
+    #: Newer checkpoints that failed (any failure: checksum, signature, header, decoding, invalid
+    #: key, truncation, unreadable file), newest first, each renamed to ``*.corrupt``.
+    set_aside: tuple[SetAside, ...] = ()
+    #: The prefix whose keys were replaced ("" = every key); None if nothing was restored.
+    scope: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RestorePlan:
+    """What a restore would do (``CheckpointCoordinator.plan_restore``); nothing was changed."""
+
+    checkpoint_id: str
+    #: The prefix recorded in the checkpoint; None for a version-1 file.
+    recorded_prefix: str | None
+    #: Every key under this prefix would be replaced ("" = every key of the backend).
+    scope: str
+    #: Entries that would be written (those not expired yet).
+    to_write: int
+    #: Keys under ``scope`` that exist now and are not in the checkpoint: they would be deleted.
+    to_delete: int
+    #: Entries of the checkpoint that have expired since, and would be skipped.
+    expired: int
+    #: Newer checkpoints that a real restore would set aside, newest first (nothing was renamed).
+    unusable: tuple[SetAside, ...] = ()
+
+
+def is_checkpoint_id(value: object) -> bool:
+    """Whether ``value`` is exactly a checkpoint id (``ckpt-YYYYmmddTHHMMSS.ffffffZ``, a real
+    UTC time): never a path, never ``..``."""
+    if not isinstance(value, str) or _ID_RE.fullmatch(value) is None:
+        return False
+    try:
+        _id_to_micros(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _id_to_micros(checkpoint_id: str) -> int:
@@ -217,25 +340,68 @@ def _micros_to_id(micros: int) -> str:
     return _ID_PREFIX + (_EPOCH + timedelta(microseconds=micros)).strftime(_ID_TIME_FORMAT)
 
 
-def _checkpoint_ids(directory: Path) -> list[str]:
-    """Ids of the checkpoint files in ``directory``, oldest first (empty if it does not exist)."""
+def _list_directory(directory: Path) -> tuple[list[str], list[tuple[Path, CorruptData]]]:
+    """``(ids, ignored)``: the ids of the checkpoint files in ``directory``, oldest first (none
+    if it does not exist), and the entries named like checkpoints that are not: a symlink, FIFO,
+    directory..., or an impossible date (``ckpt-20261399T...``), each with the reason.
+
+    Only ``lstat`` is used (``DirEntry.is_file(follow_symlinks=False)``): nothing is opened, so
+    a FIFO cannot block and a symlink cannot lead outside the directory.
+    """
     try:
-        names = os.listdir(directory)
+        entries = list(os.scandir(directory))
     except FileNotFoundError:
-        return []
-    ids = [
-        name.removesuffix(CHECKPOINT_SUFFIX)
-        for name in names
-        if name.endswith(CHECKPOINT_SUFFIX) and _ID_RE.fullmatch(name.removesuffix(CHECKPOINT_SUFFIX))
-    ]
-    return sorted(ids)
+        return [], []
+    ids: list[str] = []
+    ignored: list[tuple[Path, CorruptData]] = []
+    for entry in entries:
+        if not entry.name.endswith(CHECKPOINT_SUFFIX):
+            continue
+        checkpoint_id = entry.name.removesuffix(CHECKPOINT_SUFFIX)
+        if _ID_RE.fullmatch(checkpoint_id) is None:
+            continue  # not named like a checkpoint at all: not ours to report
+        path = Path(entry.path)
+        if not is_checkpoint_id(checkpoint_id):
+            ignored.append((path, CorruptData(f"{entry.name}: not a valid checkpoint id (impossible date)")))
+            continue
+        try:
+            regular = entry.is_file(follow_symlinks=False)
+        except OSError as exc:  # vanished or unreadable entry
+            ignored.append((path, CorruptData(f"{entry.name}: cannot stat it: {exc}")))
+            continue
+        if not regular:
+            ignored.append((path, CorruptData(f"{entry.name}: {_kind(path)}, not a regular file; ignored")))
+            continue
+        ids.append(checkpoint_id)
+    return sorted(ids), sorted(ignored, key=lambda item: item[0].name)
+
+
+def _kind(path: Path) -> str:
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return "unknown"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    return "a special file"
+
+
+def _checkpoint_ids(directory: Path) -> list[str]:
+    """Ids of the checkpoint files in ``directory``, oldest first (empty if it does not exist):
+    regular files named exactly ``<id>.ckpt`` with a valid id, nothing else."""
+    return _list_directory(directory)[0]
 
 
 def read_checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
     """Describe one checkpoint file from its header (checked for shape and size, not hashed).
 
     Raises:
-        CorruptData: the file is not a checkpoint, or its header is damaged or its size wrong.
+        CorruptData: the file is not a checkpoint (or not a regular file), or its header is
+            damaged or its size wrong.
         OSError: the file cannot be read.
     """
     path = Path(path)
@@ -243,28 +409,48 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
     return _info(path, info)
 
 
-def verify_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
+def verify_checkpoint(path: str | os.PathLike[str], *, signing_key: bytes | None = None) -> CheckpointInfo:
     """Fully verify one checkpoint file (header, SHA-256, every record) without restoring it.
 
+    The SHA-256 only detects accidents. With ``signing_key``, the HMAC-SHA256 signature is
+    verified too, which detects tampering: an unsigned file, or one signed with another key,
+    is refused.
+
     Raises:
-        CorruptData: the file is truncated, altered, or not a checkpoint (the message says which).
+        CorruptData: the file is truncated, altered, not signed with ``signing_key``, or not a
+            checkpoint (the message says which).
+        ConfigError: ``signing_key`` is shorter than 16 bytes.
         OSError: the file cannot be read.
     """
     path = Path(path)
-    return _info(path, _native.snapshot_verify(path, deep=True))
+    _check_signing_key(signing_key)
+    return _info(path, _native.snapshot_verify(path, deep=True, signing_key=signing_key))
+
+
+def _check_signing_key(signing_key: bytes | None) -> None:
+    if signing_key is not None and (
+        not isinstance(signing_key, bytes) or len(signing_key) < MIN_SIGNING_KEY_LEN
+    ):
+        raise ConfigError(f"signing_key must be None or bytes of at least {MIN_SIGNING_KEY_LEN} bytes")
 
 
 def _info(path: Path, info: _native.SnapshotInfo) -> CheckpointInfo:
+    try:
+        timestamp = datetime.fromtimestamp(info.created_at, UTC)
+    except (OverflowError, OSError, ValueError) as exc:  # the Rust reader already range-checks it
+        raise CorruptData(f"{path}: creation time {info.created_at!r} is out of range") from exc
     return CheckpointInfo(
         id=path.name.removesuffix(CHECKPOINT_SUFFIX),
         path=path,
-        timestamp=datetime.fromtimestamp(info.created_at, UTC),
+        timestamp=timestamp,
         entry_count=info.entry_count,
         size=info.file_size,
         version=info.version,
         checksum=info.checksum,
         compression=info.compression,
         uncompressed_size=info.uncompressed_size,
+        prefix=info.prefix,
+        signed=info.signed,
     )
 
 
@@ -273,18 +459,23 @@ def scan_checkpoints(
 ) -> tuple[list[CheckpointInfo], list[tuple[Path, StateError | OSError]]]:
     """Every checkpoint file in ``directory``, oldest first, read from the headers.
 
-    Returns ``(readable, unreadable)``: the files whose header is sound, and the others with
-    the error that describes them. Nothing is hashed (see ``CheckpointCoordinator.verify``).
+    Returns ``(readable, unreadable)``: the files whose header is sound, and the damaged ones
+    with the error that describes them (``CorruptData`` or ``OSError``): a damaged header, and
+    entries named like checkpoints that are not regular files or whose id is an impossible
+    date (those are never opened). Nothing is hashed (see ``CheckpointCoordinator.verify``);
+    nothing raises for a damaged file.
     """
     directory = Path(directory)
     readable: list[CheckpointInfo] = []
-    unreadable: list[tuple[Path, StateError | OSError]] = []
-    for checkpoint_id in _checkpoint_ids(directory):
+    ids, ignored = _list_directory(directory)
+    unreadable: list[tuple[Path, StateError | OSError]] = list(ignored)
+    for checkpoint_id in ids:
         path = directory / (checkpoint_id + CHECKPOINT_SUFFIX)
         try:
             readable.append(read_checkpoint_info(path))
         except (CorruptData, OSError) as exc:
             unreadable.append((path, exc))
+    unreadable.sort(key=lambda item: item[0].name)
     return readable, unreadable
 
 
@@ -361,6 +552,8 @@ class CheckpointCoordinator:
         self._last_time: datetime | None = None
         self._last_duration_ms: float | None = None
         self._total_bytes = 0
+        self._set_aside_count = 0
+        self._last_restore: RestoreResult | None = None
 
     def __repr__(self) -> str:
         return (
@@ -407,9 +600,16 @@ class CheckpointCoordinator:
     async def _create(self) -> str:
         self._last_attempt = time.monotonic()
         started = time.perf_counter()
-        checkpoint_id, micros = self._next_id()
-        path = self._path(checkpoint_id)
         options = self._options
+        try:
+            checkpoint_id, micros = self._next_id()
+        except (OverflowError, ValueError) as exc:
+            # A file named like a checkpoint of year 9999 leaves no later id to take.
+            self._failures += 1
+            raise CheckpointFailed(
+                f"no checkpoint id is left after the newest one in {str(self.checkpoint_dir)!r}: {exc}"
+            ) from exc
+        path = self._path(checkpoint_id)
         try:
             await asyncio.to_thread(self.checkpoint_dir.mkdir, parents=True, exist_ok=True)
             items = await self._backend.export_items(self._prefix)
@@ -420,10 +620,14 @@ class CheckpointCoordinator:
                 compress=options.compress,
                 level=options.compression_level,
                 created_at=micros / 1_000_000,
+                prefix=self._prefix,
+                signing_key=options.signing_key,
             )
             del items
-            # Read the file back: what is on disk must hash to what was written.
-            await asyncio.to_thread(_native.snapshot_verify, path, deep=False)
+            # Read the file back: what is on disk must hash (and be signed) as written.
+            await asyncio.to_thread(
+                _native.snapshot_verify, path, deep=False, signing_key=options.signing_key
+            )
         except (OSError, StateError, ValueError, TypeError) as exc:
             self._failures += 1
             if isinstance(exc, CorruptData):
@@ -462,6 +666,8 @@ class CheckpointCoordinator:
         return _micros_to_id(micros), micros
 
     def _latest_micros(self) -> int | None:
+        """The newest id in the directory, of any file whose name starts with one (corrupt
+        ones included, so an id is never reused); names with an impossible date are skipped."""
         try:
             names = os.listdir(self.checkpoint_dir)
         except OSError:
@@ -469,9 +675,13 @@ class CheckpointCoordinator:
         latest: int | None = None
         for name in names:
             match = _ID_RE.match(name)
-            if match is not None and name.startswith(_ID_PREFIX):
+            if match is None:
+                continue
+            try:
                 micros = _id_to_micros(match.group(0))
-                latest = micros if latest is None else max(latest, micros)
+            except ValueError:
+                continue  # ckpt-20261399T...: not an id
+            latest = micros if latest is None else max(latest, micros)
         return latest
 
     def _path(self, checkpoint_id: str) -> Path:
@@ -518,7 +728,7 @@ class CheckpointCoordinator:
         """Rename a corrupt checkpoint to ``<name>.corrupt`` (never overwriting one)."""
         target = path.with_name(path.name + CORRUPT_SUFFIX)
         n = 0
-        while target.exists():
+        while os.path.lexists(target):  # lexists: a dangling symlink is not overwritten either
             n += 1
             target = path.with_name(f"{path.name}{CORRUPT_SUFFIX}.{n}")
         try:
@@ -605,49 +815,90 @@ class CheckpointCoordinator:
 
     # -- listing and verification --------------------------------------------------------
 
-    def list_checkpoints(self) -> list[CheckpointInfo]:
+    def list_checkpoints(self, *, include_damaged: bool = False) -> list[CheckpointInfo]:
         """The checkpoints in the directory, oldest first, described by their headers.
 
-        Files whose header is damaged are logged and left out (``verify()`` hashes a file;
-        ``restore*()`` always does).
+        Only regular files named exactly ``<id>.ckpt`` are checkpoints. Files whose header is
+        damaged, and entries named like checkpoints that are not (a symlink, FIFO, directory,
+        an impossible date), never raise: they are logged and left out, or with
+        ``include_damaged=True`` listed as ``CheckpointInfo(damaged=<why>)`` (their other
+        fields zero, the timestamp from the id when it has one). ``verify()`` hashes a file;
+        ``restore*()`` always does.
         """
         readable, unreadable = scan_checkpoints(self.checkpoint_dir)
         for path, exc in unreadable:
             logger.warning("skipping unreadable checkpoint %s: %s", path.name, exc)
-        return readable
+        if not include_damaged:
+            return readable
+        damaged = [_damaged_info(path, exc) for path, exc in unreadable]
+        return sorted([*readable, *damaged], key=lambda info: info.path.name)
 
     async def verify(self, checkpoint_id: str) -> CheckpointInfo:
-        """Fully verify one checkpoint (header, SHA-256, every record), without restoring it.
+        """Fully verify one checkpoint (header, SHA-256, every record, and the signature when
+        ``options.signing_key`` is set), without restoring it.
 
         Raises:
-            CorruptData: the file is truncated, altered or not a checkpoint.
+            ConfigError: ``checkpoint_id`` is not a checkpoint id (a path, ``..``...).
+            CorruptData: the file is truncated, altered, not signed with the key, or not a
+                checkpoint.
             FileNotFoundError: there is no such checkpoint.
         """
-        return await asyncio.to_thread(verify_checkpoint, self._path(checkpoint_id))
+        if not is_checkpoint_id(checkpoint_id):
+            raise ConfigError(f"{checkpoint_id!r} is not a checkpoint id (ckpt-YYYYmmddTHHMMSS.ffffffZ)")
+        return await asyncio.to_thread(
+            verify_checkpoint, self._path(checkpoint_id), signing_key=self._options.signing_key
+        )
 
     # -- restore -------------------------------------------------------------------------
 
-    async def restore_latest(self, *, on_progress: ProgressCallback | None = None) -> str:
+    @property
+    def last_restore(self) -> RestoreResult | None:
+        """What the last ``restore`` / ``restore_latest`` did: the checkpoint restored (None if
+        none could be) and the checkpoints set aside on the way. None before the first."""
+        return self._last_restore
+
+    async def restore_latest(
+        self,
+        *,
+        on_progress: ProgressCallback | None = None,
+        all_keys: bool = False,
+        force_prefix: bool = False,
+        recorded_prefix: bool = False,
+    ) -> str:
         """Restore the newest checkpoint that verifies.
 
-        A corrupt checkpoint met on the way is logged, counted as a restore failure and
-        renamed to ``*.corrupt``; the next older one is tried.
+        A newer checkpoint that fails for any reason tied to its file -- checksum or signature
+        mismatch, damaged header, truncation, undecodable records, an invalid key, an unreadable
+        file -- is logged, counted as a restore failure, renamed to ``*.corrupt``, and the next
+        older one is tried. Nothing is written until a checkpoint has fully verified. The ones
+        set aside are reported in ``last_restore.set_aside`` (and counted in
+        ``stats().checkpoints_set_aside``).
+
+        A refusal by the restore rules (a different recorded prefix, see the module docs) or a
+        backend failure is not a fault of the file: it is raised at once, nothing set aside.
 
         Args:
             on_progress: called as ``on_progress(done, total)`` while items are written
                 (by backends that write item by item; always once at the end).
+            all_keys: replace every key of the backend, not only those under the prefix.
+            force_prefix: restore a checkpoint taken from another prefix under this
+                coordinator's prefix (every key must be under it).
+            recorded_prefix: replace the keys under the prefix each checkpoint records,
+                whatever the coordinator's prefix (what ``statekit checkpoint restore`` does
+                without ``--key-prefix``); a checkpoint that records none, or an empty one,
+                then needs ``all_keys=True``.
 
         Returns:
             The id of the restored checkpoint.
 
         Raises:
-            RestoreFailed: there is no checkpoint, none verifies, or the restore itself
-                failed (unreadable file, keys outside the prefix, backend error). An empty
-                directory is not counted as a restore failure (it is the first run).
+            RestoreFailed: there is no checkpoint, none verifies, the restore rules refuse it,
+                or the restore itself failed (backend error). An empty directory is not counted
+                as a restore failure (it is the first run).
         """
         async with self._lock:
             try:
-                ids = _checkpoint_ids(self.checkpoint_dir)
+                ids = await asyncio.to_thread(_checkpoint_ids, self.checkpoint_dir)
             except OSError as exc:
                 self._restore_failures += 1
                 raise RestoreFailed(
@@ -655,93 +906,274 @@ class CheckpointCoordinator:
                 ) from exc
             if not ids:
                 raise RestoreFailed(f"no checkpoint to restore in {str(self.checkpoint_dir)!r}")
-            corrupt: list[str] = []
+            set_aside: list[SetAside] = []
+            self._last_restore = RestoreResult(None)
             for checkpoint_id in reversed(ids):
                 try:
-                    await self._restore(checkpoint_id, on_progress)
-                except CorruptData as exc:
-                    self._restore_failures += 1
-                    corrupt.append(checkpoint_id)
-                    logger.error("checkpoint %s is corrupt, trying an older one: %s", checkpoint_id, exc)
-                    self._set_aside(self._path(checkpoint_id))
+                    loaded = await self._load(checkpoint_id, _Rules(all_keys, force_prefix, recorded_prefix))
+                except _Unusable as bad:
+                    set_aside.append(self._put_aside(checkpoint_id, bad.error))
+                    self._last_restore = RestoreResult(None, tuple(set_aside))
+                    logger.error(
+                        "checkpoint %s is unusable, trying an older one: %s", checkpoint_id, bad.error
+                    )
                     continue
-                if corrupt:
+                await self._apply(loaded, on_progress)
+                self._last_restore = RestoreResult(checkpoint_id, tuple(set_aside), loaded.scope)
+                if set_aside:
                     logger.warning(
-                        "restored %s after skipping %d corrupt newer checkpoint(s): %s",
+                        "restored %s after setting aside %d unusable newer checkpoint(s): %s",
                         checkpoint_id,
-                        len(corrupt),
-                        ", ".join(corrupt),
+                        len(set_aside),
+                        ", ".join(item.checkpoint_id for item in set_aside),
                     )
                 return checkpoint_id
             raise RestoreFailed(
-                f"no valid checkpoint in {str(self.checkpoint_dir)!r}: all {len(corrupt)} failed "
+                f"no valid checkpoint in {str(self.checkpoint_dir)!r}: all {len(set_aside)} failed "
                 f"verification and were kept aside as *{CORRUPT_SUFFIX}"
             )
 
-    async def restore(self, checkpoint_id: str, *, on_progress: ProgressCallback | None = None) -> None:
-        """Restore one checkpoint, after verifying it.
+    async def restore(
+        self,
+        checkpoint_id: str,
+        *,
+        on_progress: ProgressCallback | None = None,
+        all_keys: bool = False,
+        force_prefix: bool = False,
+        recorded_prefix: bool = False,
+    ) -> None:
+        """Restore one checkpoint, after verifying it completely (see ``restore_latest`` for
+        ``all_keys``, ``force_prefix`` and ``recorded_prefix``, and the module docs for the rules).
 
-        A corrupt file is counted as a restore failure and renamed to ``*.corrupt``.
+        A file that fails (checksum, signature, header, records, invalid key) is counted as a
+        restore failure and renamed to ``*.corrupt`` (``last_restore.set_aside``); nothing is
+        written.
 
         Raises:
-            RestoreFailed: no such checkpoint, it does not verify, or the restore failed.
+            RestoreFailed: not a checkpoint id, no such checkpoint, it does not verify, the
+                restore rules refuse it, or the restore failed.
         """
         async with self._lock:
+            self._last_restore = RestoreResult(None)
             try:
-                await self._restore(checkpoint_id, on_progress)
-            except CorruptData as exc:
-                self._restore_failures += 1
-                logger.error("checkpoint %s is corrupt: %s", checkpoint_id, exc)
-                self._set_aside(self._path(checkpoint_id))
+                loaded = await self._load(checkpoint_id, _Rules(all_keys, force_prefix, recorded_prefix))
+            except _Unusable as bad:
+                aside = self._put_aside(checkpoint_id, bad.error)
+                self._last_restore = RestoreResult(None, (aside,))
+                logger.error("checkpoint %s is unusable: %s", checkpoint_id, bad.error)
+                kept = f" as {aside.path.name}" if aside.path is not None else ""
                 raise RestoreFailed(
-                    f"checkpoint {checkpoint_id} is corrupt and was kept aside: {exc}",
+                    f"checkpoint {checkpoint_id} is corrupt and was kept aside{kept}: {bad.error}",
                     checkpoint_id=checkpoint_id,
-                ) from exc
+                ) from bad.error
+            await self._apply(loaded, on_progress)
+            self._last_restore = RestoreResult(checkpoint_id, (), loaded.scope)
 
-    async def _restore(self, checkpoint_id: str, on_progress: ProgressCallback | None) -> None:
-        """Verify and restore one checkpoint. CorruptData propagates; every other failure is
-        counted and raised as RestoreFailed."""
-        where = str(self.checkpoint_dir)
-        try:
-            _id_to_micros(checkpoint_id)
-        except ValueError as exc:
-            self._restore_failures += 1
-            raise RestoreFailed(str(exc), checkpoint_id=checkpoint_id) from None
-        path = self._path(checkpoint_id)
-        try:
-            info, keys, values, expires = await asyncio.to_thread(
-                _native.snapshot_read, path, require_prefix=self._prefix or None
+    async def plan_restore(
+        self,
+        checkpoint_id: str | None = None,
+        *,
+        all_keys: bool = False,
+        force_prefix: bool = False,
+        recorded_prefix: bool = False,
+    ) -> RestorePlan:
+        """A dry run of ``restore(checkpoint_id)`` (or of ``restore_latest()`` when None): the
+        checkpoint is fully verified and the restore rules applied, then the keys that would be
+        written and deleted are counted. Nothing is written, deleted or renamed.
+
+        Raises:
+            RestoreFailed: as the real restore would (unusable checkpoints are only reported,
+                in ``RestorePlan.unusable``, when looking for the newest valid one).
+        """
+        async with self._lock:
+            if checkpoint_id is not None:
+                candidates = [checkpoint_id]
+            else:
+                try:
+                    candidates = list(reversed(await asyncio.to_thread(_checkpoint_ids, self.checkpoint_dir)))
+                except OSError as exc:
+                    raise RestoreFailed(
+                        f"cannot list checkpoints in {str(self.checkpoint_dir)!r}: {exc}"
+                    ) from exc
+                if not candidates:
+                    raise RestoreFailed(f"no checkpoint to restore in {str(self.checkpoint_dir)!r}")
+            unusable: list[SetAside] = []
+            for candidate in candidates:
+                try:
+                    loaded = await self._load(
+                        candidate, _Rules(all_keys, force_prefix, recorded_prefix), counted=False
+                    )
+                except _Unusable as bad:
+                    if checkpoint_id is not None:
+                        raise RestoreFailed(
+                            f"checkpoint {candidate} is unusable: {bad.error}", checkpoint_id=candidate
+                        ) from bad.error
+                    unusable.append(SetAside(candidate, None, str(bad.error)))
+                    continue
+                return await self._plan(loaded, tuple(unusable))
+            raise RestoreFailed(
+                f"no valid checkpoint in {str(self.checkpoint_dir)!r}: "
+                f"all {len(unusable)} failed verification"
             )
-        except CorruptData:
-            raise
-        except FileNotFoundError:
-            self._restore_failures += 1
+
+    async def _plan(self, loaded: _Loaded, unusable: tuple[SetAside, ...]) -> RestorePlan:
+        now = time.time()
+        expires = loaded.columns.expires_at
+        if expires is None:
+            live = set(loaded.columns.keys)
+            expired = 0
+        else:
+            live = {
+                key for key, at in zip(loaded.columns.keys, expires, strict=True) if at is None or at > now
+            }
+            expired = len(loaded.columns) - len(live)
+        try:
+            existing = await self._backend.list_keys(loaded.scope)
+        except (StateError, ValueError) as exc:
             raise RestoreFailed(
-                f"no checkpoint {checkpoint_id} in {where!r}", checkpoint_id=checkpoint_id
-            ) from None
-        except (OSError, ValueError) as exc:
-            self._restore_failures += 1
-            raise RestoreFailed(
-                f"cannot restore checkpoint {checkpoint_id} from {where!r}: {exc}",
-                checkpoint_id=checkpoint_id,
+                f"cannot list the keys under {loaded.scope!r} of the "
+                f"{self._backend.backend_type} backend: {exc}",
+                checkpoint_id=loaded.checkpoint_id,
             ) from exc
-        columns = ItemColumns(keys, values, expires)
+        to_delete = sum(1 for key in existing if key not in live)
+        return RestorePlan(
+            checkpoint_id=loaded.checkpoint_id,
+            recorded_prefix=loaded.info.prefix,
+            scope=loaded.scope,
+            to_write=len(live),
+            to_delete=to_delete,
+            expired=expired,
+            unusable=unusable,
+        )
+
+    def _put_aside(self, checkpoint_id: str, error: BaseException) -> SetAside:
+        """Count a checkpoint's failure and rename it to ``*.corrupt``."""
+        self._restore_failures += 1
+        target = self._set_aside(self._path(checkpoint_id))
+        if target is not None:
+            self._set_aside_count += 1
+        return SetAside(checkpoint_id, target, str(error))
+
+    def _scope(self, checkpoint_id: str, recorded: str | None, rules: _Rules) -> str:
+        """The prefix a restore replaces, or RestoreFailed when the rules refuse it."""
+        if rules.all_keys:
+            return ""
+        if rules.recorded_prefix:
+            if not recorded:
+                what = (
+                    "does not record its key prefix (statekit 0.1)"
+                    if recorded is None
+                    else "records no key prefix"
+                )
+                raise RestoreFailed(
+                    f"checkpoint {checkpoint_id} {what}: it holds every key of the store it was taken from, "
+                    "and restoring it would replace EVERY key of the target. Pass all_keys=True (CLI: "
+                    "--all-keys) to confirm, or a prefix to replace only the keys under it "
+                    "(CLI: --key-prefix)",
+                    checkpoint_id=checkpoint_id,
+                )
+            return recorded
+        prefix = self._prefix
+        if recorded is None:
+            if prefix == "":
+                raise RestoreFailed(
+                    f"checkpoint {checkpoint_id} was written by statekit 0.1 and does not record its key "
+                    "prefix, and this coordinator has none: restoring it would replace every key of the "
+                    "backend. Restore it through a store with a key_prefix (or prefix=), or pass "
+                    "all_keys=True (CLI: --all-keys) to replace every key",
+                    checkpoint_id=checkpoint_id,
+                )
+            return prefix
+        if recorded != prefix and not rules.force_prefix:
+            raise RestoreFailed(
+                f"checkpoint {checkpoint_id} was taken from key prefix {recorded!r}, but this coordinator "
+                f"restores key prefix {prefix!r}: refusing to replace another prefix's keys. Use a "
+                f"coordinator (or store) with prefix {recorded!r}, or pass force_prefix=True to restore "
+                f"it under {prefix!r} anyway (CLI: --force-prefix), or all_keys=True to replace every key of "
+                "the backend (CLI: --all-keys)",
+                checkpoint_id=checkpoint_id,
+            )
+        return prefix
+
+    async def _load(self, checkpoint_id: str, rules: _Rules, *, counted: bool = True) -> _Loaded:
+        """Verify one checkpoint completely and decide what it replaces; writes nothing.
+
+        Raises:
+            _Unusable: the file itself failed (CorruptData: checksum, signature, header,
+                records, invalid key, not a regular file; or OSError reading it).
+            RestoreFailed: not an id, no such file, or refused by the rules (counted as a
+                restore failure when ``counted``).
+        """
+
+        def refuse(message: str, cause: BaseException | None = None) -> RestoreFailed:
+            if counted:
+                self._restore_failures += 1
+            error = RestoreFailed(message, checkpoint_id=checkpoint_id)
+            error.__cause__ = cause
+            return error
+
+        where = str(self.checkpoint_dir)
+        if not is_checkpoint_id(checkpoint_id):
+            raise refuse(f"{checkpoint_id!r} is not a checkpoint id (ckpt-YYYYmmddTHHMMSS.ffffffZ)")
+        path = self._path(checkpoint_id)
+        key = self._options.signing_key
+        try:
+            header = await asyncio.to_thread(_native.snapshot_info, path)
+        except FileNotFoundError:
+            raise refuse(f"no checkpoint {checkpoint_id} in {where!r}") from None
+        except (CorruptData, OSError) as exc:
+            raise _Unusable(exc) from exc
+        try:
+            scope = self._scope(checkpoint_id, header.prefix, rules)
+        except RestoreFailed as exc:
+            raise refuse(str(exc)) from None
+        try:
+            # Everything is checked before a single key is written: header, SHA-256, signature,
+            # every record, and every key (valid statekit key, under the scope).
+            info, keys, values, expires = await asyncio.to_thread(
+                _native.snapshot_read,
+                path,
+                require_prefix=scope or None,
+                reserved_prefix=RESERVED_KEY_PREFIX,
+                signing_key=key,
+            )
+        except FileNotFoundError:
+            raise refuse(f"no checkpoint {checkpoint_id} in {where!r}") from None
+        except (CorruptData, OSError) as exc:
+            raise _Unusable(exc) from exc
+        except ValueError as exc:
+            # Keys outside the scope: only possible when forcing another prefix or for a
+            # version-1 file; the file is sound, the request is not.
+            raise refuse(f"cannot restore checkpoint {checkpoint_id} from {where!r}: {exc}", exc) from exc
+        if info.checksum != header.checksum:
+            # Replaced between the two reads: treat the newer content as unverified.
+            raise _Unusable(CorruptData(f"checkpoint {checkpoint_id} changed while it was being read"))
+        return _Loaded(checkpoint_id, info, scope, ItemColumns(keys, values, expires))
+
+    async def _apply(self, loaded: _Loaded, on_progress: ProgressCallback | None) -> None:
+        """Write a verified checkpoint into the backend."""
+        columns: ItemColumns = loaded.columns
         total = len(columns)
         if on_progress is not None:
             columns = _ProgressColumns(columns, on_progress)
         try:
-            await self._backend.replace_prefix(self._prefix, columns)
+            await self._backend.replace_prefix(loaded.scope, columns)
         except (StateError, ValueError) as exc:
             self._restore_failures += 1
             backend_type = self._backend.backend_type
             raise RestoreFailed(
-                f"restoring checkpoint {checkpoint_id} into the {backend_type} backend failed: {exc}",
-                checkpoint_id=checkpoint_id,
+                f"restoring checkpoint {loaded.checkpoint_id} into the {backend_type} backend failed: {exc}",
+                checkpoint_id=loaded.checkpoint_id,
             ) from exc
         if on_progress is not None:
             on_progress(total, total)
         self._restores += 1
-        logger.info("restored checkpoint %s: %d entries", checkpoint_id, info.entry_count)
+        logger.info(
+            "restored checkpoint %s: %d entries under %r",
+            loaded.checkpoint_id,
+            loaded.info.entry_count,
+            loaded.scope,
+        )
 
     # -- stats ---------------------------------------------------------------------------
 
@@ -755,4 +1187,57 @@ class CheckpointCoordinator:
             last_checkpoint_time=self._last_time,
             last_checkpoint_duration_ms=self._last_duration_ms,
             total_bytes_checkpointed=self._total_bytes,
+            checkpoints_set_aside=self._set_aside_count,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """The restore options that decide what a restore may replace (see ``restore_latest``)."""
+
+    all_keys: bool
+    force_prefix: bool
+    recorded_prefix: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """A fully verified checkpoint, ready to be written."""
+
+    checkpoint_id: str
+    info: _native.SnapshotInfo
+    scope: str
+    columns: ItemColumns
+
+
+class _Unusable(Exception):  # an internal signal: never escapes the coordinator
+    """The checkpoint file itself failed: set it aside and try an older one."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _damaged_info(path: Path, error: BaseException) -> CheckpointInfo:
+    """A ``CheckpointInfo`` for a damaged file: what the name and ``lstat`` tell, and why."""
+    checkpoint_id = path.name.removesuffix(CHECKPOINT_SUFFIX)
+    try:
+        timestamp = _EPOCH + timedelta(microseconds=_id_to_micros(checkpoint_id))
+    except ValueError:
+        timestamp = _EPOCH
+    try:
+        size = path.lstat().st_size
+    except OSError:
+        size = 0
+    return CheckpointInfo(
+        id=checkpoint_id,
+        path=path,
+        timestamp=timestamp,
+        entry_count=0,
+        size=size,
+        version=0,
+        checksum="",
+        compression="",
+        uncompressed_size=0,
+        damaged=str(error),
+    )

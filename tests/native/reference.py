@@ -7,6 +7,7 @@ written for clarity, not speed, and follow the format descriptions in the Rust m
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import struct
 import zlib
@@ -174,35 +175,72 @@ def run_gaps(last: int, successful: Iterable[int], bound: int) -> list[int]:
     if bound - last > 10**9:
         raise ValueError("run_gaps window too large")
     done = set(successful)
-    return [r for r in range(last + 1, bound + 1) if r not in done]
+    if bound - last - len(done) > 10**6:
+        raise ValueError("run_gaps result too large")
+    gaps = [r for r in range(last + 1, bound + 1) if r not in done]
+    if len(gaps) > 10**6:
+        raise ValueError("run_gaps result too large")
+    return gaps
 
 
 # --- snapshot ------------------------------------------------------------------------------
 
 SNAPSHOT_MAGIC = b"SKSNAP\r\n"
-SNAPSHOT_VERSION = 1
-# magic, version, compression, reserved(5), created_at, entry count, uncompressed size,
-# payload size, SHA-256 (of the payload followed by the first 48 header bytes)
-SNAPSHOT_HEADER = struct.Struct("<8sHB5sdQQQ32s")
+SNAPSHOT_VERSION = 2
+# magic, version, compression, flags, extension length, created_at, entry count, uncompressed
+# size, payload size, SHA-256 (of the payload, then the first 48 header bytes, then the
+# extension). Version 1: bytes 11..16 are reserved (zero) and there is no extension.
+SNAPSHOT_HEADER = struct.Struct("<8sHBBIdQQQ32s")
 assert SNAPSHOT_HEADER.size == 80
 SNAPSHOT_HASHED = 48
 SNAPSHOT_COMPRESSION = {0: "none", 1: "zstd"}
+SNAPSHOT_TAG_DOMAIN = b"statekit-snapshot-v2\0"
 
 
-def snapshot_header(data: bytes) -> dict[str, object]:
-    """The header fields of a snapshot file, after checking the digest and the sizes."""
+def snapshot_layout(data: bytes) -> tuple[int, int]:
+    """``(payload offset, extension length)`` of a snapshot file, from its header."""
+    _, version, _, _, ext_len, *_ = SNAPSHOT_HEADER.unpack_from(data)
+    ext_len = 0 if version == 1 else ext_len
+    return SNAPSHOT_HEADER.size + ext_len, ext_len
+
+
+def snapshot_header(data: bytes, signing_key: bytes | None = None) -> dict[str, object]:
+    """The header fields of a snapshot file, after checking the digest, sizes and signature."""
     if len(data) < SNAPSHOT_HEADER.size or not data.startswith(SNAPSHOT_MAGIC):
         raise CorruptData("not a statekit snapshot, or truncated")
-    _, version, compression, reserved, created_at, count, raw_size, payload_size, digest = (
+    _, version, compression, flags, ext_len, created_at, count, raw_size, payload_size, digest = (
         SNAPSHOT_HEADER.unpack_from(data)
     )
-    if version != SNAPSHOT_VERSION or compression not in SNAPSHOT_COMPRESSION or reserved != bytes(5):
-        raise CorruptData("unknown version, compression or reserved bits")
-    payload = data[SNAPSHOT_HEADER.size :]
+    if version not in (1, 2) or compression not in SNAPSHOT_COMPRESSION:
+        raise CorruptData("unknown version or compression")
+    if version == 1 and (flags, ext_len) != (0, 0):
+        raise CorruptData("reserved bits set")
+    offset, ext_len = snapshot_layout(data)
+    extension = data[SNAPSHOT_HEADER.size : offset]
+    payload = data[offset:]
     if len(payload) != payload_size:
         raise CorruptData("payload size does not match the header")
-    if hashlib.sha256(payload + data[:SNAPSHOT_HASHED]).digest() != digest:
+    if hashlib.sha256(payload + data[:SNAPSHOT_HASHED] + extension).digest() != digest:
         raise CorruptData("checksum mismatch")
+    prefix: str | None = None
+    tag: bytes | None = None
+    if version == 2:
+        (prefix_len,) = struct.unpack_from("<H", extension)
+        prefix = extension[2 : 2 + prefix_len].decode()
+        tag = extension[2 + prefix_len :] or None
+        if (tag is not None) != bool(flags & 1):
+            raise CorruptData("signed flag and extension disagree")
+    if signing_key is not None:
+        if tag is None:
+            raise CorruptData("not signed")
+        message = (
+            SNAPSHOT_TAG_DOMAIN
+            + data[:SNAPSHOT_HASHED]
+            + extension[: ext_len - len(tag)]
+            + hashlib.sha256(payload).digest()
+        )
+        if not hmac.compare_digest(hmac.new(signing_key, message, "sha256").digest(), tag):
+            raise CorruptData("signature does not verify")
     return {
         "version": version,
         "compression": SNAPSHOT_COMPRESSION[compression],
@@ -211,7 +249,21 @@ def snapshot_header(data: bytes) -> dict[str, object]:
         "uncompressed_size": raw_size,
         "file_size": len(data),
         "checksum": digest.hex(),
+        "prefix": prefix,
+        "signed": tag is not None,
     }
+
+
+def snapshot_v1(records: list[Record], created_at: float = 1_600_000_000.0) -> bytes:
+    """A version-1 snapshot file (uncompressed), as statekit 0.1 wrote them."""
+    batch = encode_records(records)
+    header = bytearray(
+        SNAPSHOT_HEADER.pack(
+            SNAPSHOT_MAGIC, 1, 0, 0, 0, created_at, len(records), len(batch), len(batch), bytes(32)
+        )
+    )
+    header[48:80] = hashlib.sha256(batch + bytes(header[:SNAPSHOT_HASHED])).digest()
+    return bytes(header) + batch
 
 
 def snapshot_records(data: bytes) -> list[Record]:
@@ -219,7 +271,7 @@ def snapshot_records(data: bytes) -> list[Record]:
     header = snapshot_header(data)
     if header["compression"] != "none":
         raise ValueError("the reference reads uncompressed snapshots only")
-    records = decode_records(data[SNAPSHOT_HEADER.size :])
+    records = decode_records(data[snapshot_layout(data)[0] :])
     if len(records) != header["entry_count"]:
         raise CorruptData("entry count does not match the header")
     return records

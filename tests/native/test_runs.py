@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -84,6 +86,25 @@ def test_window_guard() -> None:
         _native.run_gaps(0, [], 10**9 + 1)
     with pytest.raises(ValueError, match="too large"):
         _native.run_gaps(I64_MIN, [], I64_MAX)
+
+
+def test_huge_windows_raise_instead_of_aborting() -> None:
+    # run_gaps(0, [], 10**9) used to abort the interpreter (an 8 GB allocation failed in Rust).
+    # Run it in a subprocess so that a regression fails this test instead of killing pytest.
+    code = (
+        "from statekit import _native\n"
+        "try:\n"
+        "    _native.run_gaps(0, [], 10**9)\n"
+        "except ValueError as exc:\n"
+        "    print('ValueError', exc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ValueError")
+    assert "too large" in proc.stdout
+    with pytest.raises(ValueError, match="too large"):
+        _native.run_gaps(5, [6, 7], 5 + 10**6 + 3)
+    assert len(_native.run_gaps(5, [6, 7], 5 + 10**6 + 2)) == 10**6
 
 
 def test_accepts_any_iterable_of_ints() -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,17 +79,19 @@ def test_layout_matches_the_reference_reader(tmp_path: Path, items: list[Item]) 
         "uncompressed_size": info.uncompressed_size,
         "file_size": info.file_size,
         "checksum": info.checksum,
+        "prefix": "",
+        "signed": False,
     }
     expected = [(k.encode(), v, e) for k, v, e in items]
     assert reference.snapshot_records(data) == expected
-    assert data[80:] == reference.encode_records(expected)
+    assert data[82:] == reference.encode_records(expected)
 
 
-def test_checksum_is_sha256_of_payload_then_header(tmp_path: Path) -> None:
+def test_checksum_is_sha256_of_payload_then_header_then_extension(tmp_path: Path) -> None:
     path = tmp_path / "c.ckpt"
     info = _native.snapshot_write(path, [("k", b"v", None)])
     data = path.read_bytes()
-    assert info.checksum == hashlib.sha256(data[80:] + data[:48]).hexdigest()
+    assert info.checksum == hashlib.sha256(data[82:] + data[:48] + data[80:82]).hexdigest()
     assert data[48:80].hex() == info.checksum
 
 
@@ -96,7 +101,7 @@ def test_columns_are_read_by_index(tmp_path: Path) -> None:
     _native.snapshot_write(tmp_path / "b.ckpt", list(columns))
     assert _read_items(tmp_path / "a.ckpt") == list(columns)
     # Same records, same payload, whichever way they were handed over.
-    assert (tmp_path / "a.ckpt").read_bytes()[80:] == (tmp_path / "b.ckpt").read_bytes()[80:]
+    assert (tmp_path / "a.ckpt").read_bytes()[82:] == (tmp_path / "b.ckpt").read_bytes()[82:]
     _native.snapshot_write(tmp_path / "n.ckpt", ItemColumns(["x"], [b"y"]))
     _, keys, values, expires = _native.snapshot_read(tmp_path / "n.ckpt")
     assert (keys, values, expires) == (["x"], [b"y"], None)
@@ -204,7 +209,7 @@ def test_forged_header_with_valid_digest_fails_the_deep_check(tmp_path: Path) ->
     path, content = _written(tmp_path, [("a", b"1", None), ("b", b"2", None)], compress=True)
     header = bytearray(content[:80])
     struct.pack_into("<Q", header, 24, 3)  # entry count 2 -> 3
-    digest = hashlib.sha256(content[80:] + bytes(header[:48])).digest()
+    digest = hashlib.sha256(content[82:] + bytes(header[:48]) + content[80:82]).digest()
     header[48:80] = digest
     path.write_bytes(bytes(header) + content[80:])
     assert _native.snapshot_verify(path, deep=False).entry_count == 3  # the digest matches...
@@ -245,6 +250,14 @@ def test_bad_arguments(tmp_path: Path) -> None:
         _native.snapshot_write(path, [], level=23)
     with pytest.raises(ValueError, match="finite"):
         _native.snapshot_write(path, [], created_at=float("nan"))
+    with pytest.raises(ValueError, match="1970 to 9999"):
+        _native.snapshot_write(path, [], created_at=1e300)
+    with pytest.raises(ValueError, match="16 bytes"):
+        _native.snapshot_write(path, [], signing_key=b"short")
+    with pytest.raises(ValueError, match="prefix"):
+        _native.snapshot_write(path, [("other", b"1", None)], prefix="job:")
+    with pytest.raises(ValueError, match="4096"):
+        _native.snapshot_write(path, [], prefix="p" * 4097)
     assert os.listdir(tmp_path) == []
 
 
@@ -284,3 +297,197 @@ def test_info_repr(tmp_path: Path) -> None:
     assert 'compression="none"' in repr(info)
     with pytest.raises(AttributeError):
         info.entry_count = 2  # type: ignore[misc]
+
+
+# -- format version 2: recorded prefix, signature; untrusted files ---------------------------
+
+KEY = b"0123456789abcdef0123456789abcdef"
+
+
+def test_the_prefix_is_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "p.ckpt"
+    info = _native.snapshot_write(path, [("job:a", b"1", None)], prefix="job:")
+    assert (info.version, info.prefix, info.signed) == (2, "job:", False)
+    assert _native.snapshot_info(path).prefix == "job:"
+    assert reference.snapshot_header(path.read_bytes())["prefix"] == "job:"
+
+
+def test_version_1_files_are_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "v1.ckpt"
+    path.write_bytes(reference.snapshot_v1([(b"k", b"v", None), (b"e", b"w", 5.0)]))
+    info = _native.snapshot_verify(path)
+    assert (info.version, info.prefix, info.signed, info.entry_count) == (1, None, False, 2)
+    assert _read_items(path) == [("k", b"v", None), ("e", b"w", 5.0)]
+    with pytest.raises(CorruptData, match="not signed"):
+        _native.snapshot_read(path, signing_key=KEY)
+
+
+@file_settings(30)
+@given(items=items_st, compress=st.booleans())
+def test_signature_matches_the_reference_hmac(tmp_path: Path, items: list[Item], compress: bool) -> None:
+    path = tmp_path / "s.ckpt"
+    info = _native.snapshot_write(path, items, compress=compress, signing_key=KEY)
+    assert info.signed
+    header = reference.snapshot_header(path.read_bytes(), signing_key=KEY)  # an independent HMAC
+    assert header["signed"] is True
+    assert _read_items(path, signing_key=KEY) == items
+    assert _native.snapshot_verify(path, deep=False, signing_key=KEY).checksum == info.checksum
+    with pytest.raises(CorruptData, match="signature does not verify"):
+        _native.snapshot_verify(path, signing_key=b"some other key of 16+ bytes")
+
+
+def test_a_planted_checkpoint_is_refused_with_a_key(tmp_path: Path) -> None:
+    path = tmp_path / "p.ckpt"
+    _native.snapshot_write(path, [("k", b"genuine", None)], signing_key=KEY)
+    # Someone who can write the directory but lacks the key: a valid, unsigned snapshot...
+    _native.snapshot_write(path, [("k", b"planted", None)])
+    assert _read_items(path) == [("k", b"planted", None)]  # the SHA-256 cannot tell
+    with pytest.raises(CorruptData, match="not signed"):
+        _native.snapshot_read(path, signing_key=KEY)
+    # ...or one signed with a key of their own.
+    _native.snapshot_write(path, [("k", b"planted", None)], signing_key=b"attacker key 0123456")
+    with pytest.raises(CorruptData, match="signature does not verify"):
+        _native.snapshot_read(path, signing_key=KEY)
+    with pytest.raises(ValueError, match="16 bytes"):
+        _native.snapshot_read(path, signing_key=b"short")
+
+
+def _zstd_bomb(path: Path, size: int) -> None:
+    """A checkpoint whose few-KiB zstd payload inflates to ``size`` bytes, with a wrong SHA-256."""
+    raw = path.with_name("raw.ckpt")
+    _native.snapshot_write(raw, [("k", bytes(size), None)], level=19)
+    data = bytearray(raw.read_bytes())
+    raw.unlink()
+    data[48] ^= 0xFF  # the recorded digest no longer matches
+    path.write_bytes(bytes(data))
+
+
+BOMB_PROBE = """
+import resource, sys
+from statekit import _native
+from statekit.errors import CorruptData
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for check in (_native.snapshot_read, _native.snapshot_verify):
+    try:
+        check(sys.argv[1])
+    except CorruptData as exc:
+        assert "checksum mismatch" in str(exc), exc
+    else:
+        raise SystemExit("not refused")
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) // 1024)
+"""
+
+
+def test_a_zstd_bomb_is_refused_before_decompressing(tmp_path: Path) -> None:
+    # 1 GiB of zeros in about 33 KB: it used to be inflated (1 GiB of RSS) before the digest
+    # was compared. The peak RSS growth is measured in a fresh process (ru_maxrss is a peak).
+    path = tmp_path / "bomb.ckpt"
+    _zstd_bomb(path, 1 << 30)
+    assert path.stat().st_size < 64 << 10
+    proc = subprocess.run(
+        [sys.executable, "-c", BOMB_PROBE, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    grown_mib = int(proc.stdout)
+    assert grown_mib < 64, f"RSS grew by {grown_mib} MiB"
+
+
+def test_declared_sizes_beyond_what_zstd_can_produce_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.ckpt"
+    _native.snapshot_write(path, [("k", b"v" * 100, None)])
+    data = bytearray(path.read_bytes())
+    payload = len(data) - 82
+    struct.pack_into("<Q", data, 32, payload * 32768 + 1)
+    data[48:80] = hashlib.sha256(bytes(data[82:]) + bytes(data[:48]) + bytes(data[80:82])).digest()
+    path.write_bytes(bytes(data))
+    for check in (_native.snapshot_read, _native.snapshot_verify, _native.snapshot_info):
+        with pytest.raises(CorruptData, match="implausible"):
+            check(path)
+
+
+@pytest.mark.parametrize("created_at", [1e300, float("nan"), -1.0, float("inf")])
+def test_out_of_range_creation_times_are_corrupt(tmp_path: Path, created_at: float) -> None:
+    path = tmp_path / "t.ckpt"
+    _native.snapshot_write(path, [("k", b"v", None)], compress=False)
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<d", data, 16, created_at)
+    data[48:80] = hashlib.sha256(bytes(data[82:]) + bytes(data[:48]) + bytes(data[80:82])).digest()
+    path.write_bytes(bytes(data))
+    for check in (_native.snapshot_read, _native.snapshot_verify, _native.snapshot_info):
+        with pytest.raises(CorruptData, match="creation time"):
+            check(path)
+
+
+def test_only_regular_files_are_read(tmp_path: Path) -> None:
+    real = tmp_path / "real.ckpt"
+    _native.snapshot_write(real, [("k", b"v", None)])
+    (tmp_path / "link.ckpt").symlink_to(real)
+    (tmp_path / "dir.ckpt").mkdir()
+    os.mkfifo(tmp_path / "fifo.ckpt")  # opening it for reading used to block forever
+    for name, what in [("link.ckpt", "symbolic link"), ("dir.ckpt", "directory"), ("fifo.ckpt", "FIFO")]:
+        for check in (_native.snapshot_read, _native.snapshot_verify, _native.snapshot_info):
+            with pytest.raises(CorruptData, match=what):
+                check(tmp_path / name)
+
+
+@pytest.mark.parametrize(
+    ("key", "expires_at", "message"),
+    [
+        (b"", None, "is empty"),
+        (b"\xff\xfe", None, "not UTF-8"),
+        (b"{statekit-index:}:lex", None, "reserved namespace"),
+        (b"ok", float("nan"), "NaN"),
+    ],
+)
+def test_reserved_prefix_refuses_invalid_keys(
+    tmp_path: Path, key: bytes, expires_at: float | None, message: str
+) -> None:
+    path = tmp_path / "k.ckpt"
+    _native.snapshot_write(path, [(b"fine", b"1", None), (key, b"2", expires_at)])
+    with pytest.raises(CorruptData, match=message):
+        _native.snapshot_read(path, reserved_prefix="{statekit-")
+    _native.snapshot_write(path, [("fine", b"1", 2.0)])
+    assert _native.snapshot_read(path, reserved_prefix="{statekit-")[1] == ["fine"]
+
+
+@file_settings(300)
+@given(
+    compress=st.booleans(),
+    signed=st.booleans(),
+    edits=st.lists(st.tuples(st.integers(0, 120), st.integers(0, 255)), min_size=1, max_size=6),
+    rehash=st.booleans(),
+)
+def test_forged_headers_only_ever_raise_corrupt_data(
+    tmp_path: Path, compress: bool, signed: bool, edits: list[tuple[int, int]], rehash: bool
+) -> None:
+    # A hostile writer edits header, extension and first payload bytes, and may recompute the
+    # SHA-256: every reader must answer with CorruptData (or succeed), never anything else
+    # (no panic, no OverflowError from a wild created_at, no huge allocation).
+    path = tmp_path / "h.ckpt"
+    key = KEY if signed else None
+    _native.snapshot_write(
+        path,
+        [("job:a", b"1" * 40, 5.0), ("job:b", b"2", None)],
+        compress=compress,
+        prefix="job:",
+        signing_key=key,
+    )
+    data = bytearray(path.read_bytes())
+    for offset, value in edits:
+        if offset < len(data):
+            data[offset] = value
+    if rehash and data[8:10] in (b"\x01\x00", b"\x02\x00"):
+        offset, _ = reference.snapshot_layout(bytes(data))
+        offset = min(offset, len(data))
+        ext = bytes(data[80:offset])
+        data[48:80] = hashlib.sha256(bytes(data[offset:]) + bytes(data[:48]) + ext).digest()
+    path.write_bytes(bytes(data))
+    for check in (
+        lambda: _native.snapshot_info(path),
+        lambda: _native.snapshot_verify(path, deep=False, signing_key=key),
+        lambda: _native.snapshot_verify(path, signing_key=key),
+        lambda: _native.snapshot_read(path, reserved_prefix="{statekit-", signing_key=key),
+    ):
+        with contextlib.suppress(CorruptData):
+            check()

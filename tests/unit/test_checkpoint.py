@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import random
+import struct
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from statekit import KeyValueStore
+from statekit import KeyValueStore, _native
 from statekit.backends import MemoryStateBackend, StateBackend
 from statekit.backends.base import ItemColumns, item_columns
 from statekit.checkpoint import (
@@ -294,7 +295,7 @@ async def test_expired_keys_are_not_restored(backend: StateBackend, tmp_path: Pa
 async def test_restore_into_another_backend_with_progress(backend: StateBackend, tmp_path: Path) -> None:
     source = MemoryStateBackend()
     await source.batch_put([(f"k:{i:05d}", str(i).encode()) for i in range(25_000)])
-    await CheckpointCoordinator(source, 60, options(tmp_path)).create_checkpoint()
+    await CheckpointCoordinator(source, 60, options(tmp_path), prefix="k:").create_checkpoint()
     seen: list[tuple[int, int]] = []
     coordinator = CheckpointCoordinator(backend, 60, options(tmp_path), prefix="k:")
     await coordinator.restore_latest(on_progress=lambda done, total: seen.append((done, total)))
@@ -341,10 +342,12 @@ async def test_list_checkpoints_describes_each_file(tmp_path: Path) -> None:
         timestamp=datetime.fromtimestamp(now, UTC),
         entry_count=3,
         size=len(data),
-        version=1,
-        checksum=hashlib.sha256(data[80:] + data[:48]).hexdigest(),
+        version=2,
+        checksum=hashlib.sha256(data[82:] + data[:48] + data[80:82]).hexdigest(),
         compression="none",
-        uncompressed_size=len(data) - 80,
+        uncompressed_size=len(data) - 82,
+        prefix="",
+        signed=False,
     )
     assert read_checkpoint_info(path) == info
     assert verify_checkpoint(path) == info
@@ -614,3 +617,327 @@ def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path: Pa
         asyncio.run(coordinator.create_checkpoint())
         leftovers = [name for name in files(directory) if not name.endswith(".ckpt")]
         assert leftovers == [], f"round {round_no}: {leftovers} survived a checkpoint (seed {seed})"
+
+
+# -- issue 8: restore rules, fallback on any failure, signatures, untrusted directories ----
+
+SIGNING_KEY = b"a secret of 16 bytes or more!"
+
+
+def _new_id(tmp_path: Path) -> str:
+    """An id later than every checkpoint in ``tmp_path`` (to plant a newest file)."""
+    return CheckpointCoordinator(MemoryStateBackend(), 60, options(tmp_path))._next_id()[0]
+
+
+async def _tenants(tmp_path: Path) -> tuple[MemoryStateBackend, str]:
+    """A shared backend: tenant "a:" checkpointed, tenant "b:" never."""
+    backend = MemoryStateBackend()
+    await backend.batch_put([("a:1", b"a1"), ("a:2", b"a2"), ("b:1", b"b1")])
+    checkpoint_id = await CheckpointCoordinator(
+        backend, 60, options(tmp_path), prefix="a:"
+    ).create_checkpoint()
+    await backend.batch_put([("a:1", b"changed"), ("a:3", b"new"), ("b:2", b"b2")])
+    return backend, checkpoint_id
+
+
+async def test_a_checkpoint_records_its_prefix(tmp_path: Path) -> None:
+    store = KeyValueStore(MemoryStateBackend(), key_prefix="job:")
+    await store.put("k", 1)
+    await CheckpointCoordinator(store, 60, options(tmp_path)).create_checkpoint()
+    (info,) = CheckpointCoordinator(MemoryStateBackend(), 60, options(tmp_path)).list_checkpoints()
+    assert (info.version, info.prefix, info.signed) == (2, "job:", False)
+
+
+async def test_restore_replaces_only_the_recorded_prefix_and_refuses_another(tmp_path: Path) -> None:
+    backend, checkpoint_id = await _tenants(tmp_path)
+    # A coordinator without a prefix (the whole backend) used to replace every key: tenant b:
+    # was wiped. The recorded prefix "a:" differs from "": refused, nothing written.
+    whole = CheckpointCoordinator(backend, 60, options(tmp_path))
+    with pytest.raises(RestoreFailed, match="taken from key prefix 'a:'") as info:
+        await whole.restore_latest()
+    assert "force_prefix" in str(info.value)
+    assert "all_keys" in str(info.value)
+    assert await contents(backend, "b:") == {"b:1": b"b1", "b:2": b"b2"}
+    assert await contents(backend, "a:") == {"a:1": b"changed", "a:2": b"a2", "a:3": b"new"}
+    assert files(tmp_path) == [f"{checkpoint_id}.ckpt"], "a refusal sets nothing aside"
+    # Under its own prefix: tenant a: is back, tenant b: untouched.
+    same = CheckpointCoordinator(backend, 60, options(tmp_path), prefix="a:")
+    assert await same.restore_latest() == checkpoint_id
+    assert await contents(backend) == {"a:1": b"a1", "a:2": b"a2", "b:1": b"b1", "b:2": b"b2"}
+
+
+async def test_all_keys_is_the_explicit_opt_in_to_replace_everything(tmp_path: Path) -> None:
+    backend, checkpoint_id = await _tenants(tmp_path)
+    coordinator = CheckpointCoordinator(backend, 60, options(tmp_path), prefix="a:")
+    await coordinator.restore(checkpoint_id, all_keys=True)
+    assert await contents(backend) == {"a:1": b"a1", "a:2": b"a2"}
+
+
+async def test_force_prefix_restores_under_another_prefix_only_if_every_key_fits(tmp_path: Path) -> None:
+    backend, checkpoint_id = await _tenants(tmp_path)
+    narrower = CheckpointCoordinator(backend, 60, options(tmp_path), prefix="a:1")
+    with pytest.raises(RestoreFailed, match="taken from key prefix"):
+        await narrower.restore(checkpoint_id)
+    with pytest.raises(RestoreFailed, match="required prefix"):
+        await narrower.restore(checkpoint_id, force_prefix=True)  # a:2 is outside a:1
+    wider = CheckpointCoordinator(backend, 60, options(tmp_path), prefix="a")
+    await wider.restore(checkpoint_id, force_prefix=True)
+    assert await contents(backend) == {"a:1": b"a1", "a:2": b"a2", "b:1": b"b1", "b:2": b"b2"}
+
+
+async def test_recorded_prefix_follows_each_checkpoint(tmp_path: Path) -> None:
+    backend, checkpoint_id = await _tenants(tmp_path)
+    anywhere = CheckpointCoordinator(backend, 60, options(tmp_path), prefix="unrelated:")
+    assert await anywhere.restore_latest(recorded_prefix=True) == checkpoint_id
+    assert anywhere.last_restore is not None
+    assert anywhere.last_restore.scope == "a:"
+    assert await contents(backend) == {"a:1": b"a1", "a:2": b"a2", "b:1": b"b1", "b:2": b"b2"}
+    # A checkpoint of the whole backend (or a version-1 file) needs all_keys in this mode.
+    await CheckpointCoordinator(backend, 60, options(tmp_path)).create_checkpoint()
+    with pytest.raises(RestoreFailed, match="records no key prefix"):
+        await anywhere.restore_latest(recorded_prefix=True)
+    await anywhere.restore_latest(recorded_prefix=True, all_keys=True)
+    assert anywhere.last_restore.scope == ""
+
+
+async def test_plan_restore_counts_and_changes_nothing(tmp_path: Path) -> None:
+    backend, checkpoint_id = await _tenants(tmp_path)
+    before = await contents(backend)
+    coordinator = CheckpointCoordinator(backend, 60, options(tmp_path), prefix="a:")
+    plan = await coordinator.plan_restore()
+    assert (plan.checkpoint_id, plan.recorded_prefix, plan.scope) == (checkpoint_id, "a:", "a:")
+    assert (plan.to_write, plan.to_delete, plan.expired, plan.unusable) == (2, 1, 0, ())  # a:3 goes
+    everything = await coordinator.plan_restore(checkpoint_id, all_keys=True)
+    assert (everything.scope, everything.to_write, everything.to_delete) == ("", 2, 3)  # a:3, b:1, b:2
+    assert await contents(backend) == before
+    with pytest.raises(RestoreFailed, match="taken from key prefix"):
+        await CheckpointCoordinator(backend, 60, options(tmp_path)).plan_restore()
+    assert coordinator.stats().restores == 0
+
+
+def _write_v1(tmp_path: Path, records: list[tuple[bytes, bytes, float | None]]) -> str:
+    from tests.native import reference
+
+    checkpoint_id = _new_id(tmp_path)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / f"{checkpoint_id}.ckpt").write_bytes(reference.snapshot_v1(records))
+    return checkpoint_id
+
+
+async def test_version_1_checkpoints_need_a_prefix_or_all_keys(tmp_path: Path) -> None:
+    checkpoint_id = _write_v1(tmp_path, [(b"a:1", b"v1", None)])
+    backend = MemoryStateBackend()
+    await backend.batch_put([("a:1", b"x"), ("b:1", b"b1")])
+    (info,) = CheckpointCoordinator(backend, 60, options(tmp_path)).list_checkpoints()
+    assert (info.version, info.prefix) == (1, None)
+    whole = CheckpointCoordinator(backend, 60, options(tmp_path))
+    with pytest.raises(RestoreFailed, match="does not record its key prefix"):
+        await whole.restore_latest()
+    assert await contents(backend) == {"a:1": b"x", "b:1": b"b1"}
+    await CheckpointCoordinator(backend, 60, options(tmp_path), prefix="a:").restore(checkpoint_id)
+    assert await contents(backend) == {"a:1": b"v1", "b:1": b"b1"}
+    await whole.restore(checkpoint_id, all_keys=True)
+    assert await contents(backend) == {"a:1": b"v1"}
+
+
+def _plant(tmp_path: Path, kind: str) -> str:
+    """A newest checkpoint file in ``tmp_path``, unusable in the way ``kind`` says."""
+    checkpoint_id = _new_id(tmp_path)
+    path = tmp_path / f"{checkpoint_id}.ckpt"
+    if kind == "checksum":
+        _native.snapshot_write(path, [("k0", b"planted", None)])
+        corrupt_file(path)
+    elif kind == "truncated":
+        _native.snapshot_write(path, [("k0", b"planted", None)])
+        path.write_bytes(path.read_bytes()[:-5])
+    elif kind == "header":
+        path.write_bytes(b"SKSNAP\r\n" + bytes(200))
+    elif kind == "not a snapshot":
+        path.write_bytes(b"hello")
+    elif kind in ("reserved key", "empty key", "bytes key", "nan expiry"):
+        key: str | bytes = {
+            "reserved key": "{statekit-index:}:lex",
+            "empty key": "",
+            "bytes key": b"\xff",
+            "nan expiry": "k0",
+        }[kind]
+        expiry = float("nan") if kind == "nan expiry" else None
+        # Valid records first: a partial restore would show.
+        _native.snapshot_write(path, [("k0", b"planted", None), (key, b"x", expiry)])
+    elif kind == "created_at":
+        _native.snapshot_write(path, [("k0", b"planted", None)], compress=False)
+        data = bytearray(path.read_bytes())
+        data[16:24] = struct.pack("<d", 1e300)
+        data[48:80] = hashlib.sha256(bytes(data[82:]) + bytes(data[:48]) + bytes(data[80:82])).digest()
+        path.write_bytes(bytes(data))
+    elif kind == "zstd bomb":
+        _native.snapshot_write(path, [("k0", bytes(64 << 20), None)], level=19)
+        data = bytearray(path.read_bytes())
+        data[48] ^= 1
+        path.write_bytes(bytes(data))
+    else:
+        raise AssertionError(kind)
+    return checkpoint_id
+
+
+DAMAGE = [
+    "checksum",
+    "truncated",
+    "header",
+    "not a snapshot",
+    "reserved key",
+    "empty key",
+    "bytes key",
+    "nan expiry",
+    "created_at",
+    "zstd bomb",
+]
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+async def test_restore_latest_falls_back_on_any_failure_of_the_newest(tmp_path: Path, kind: str) -> None:
+    backend, coordinator, (_, new) = await _two_generations(tmp_path)
+    planted = _plant(tmp_path, kind)
+    assert await coordinator.restore_latest() == new
+    assert await contents(backend) == {f"k{i}": b"new" for i in range(10)}, "nothing of the bad file"
+    result = coordinator.last_restore
+    assert result is not None
+    assert result.checkpoint_id == new
+    assert [item.checkpoint_id for item in result.set_aside] == [planted]
+    (aside,) = result.set_aside
+    assert aside.path == tmp_path / f"{planted}.ckpt.corrupt"
+    assert aside.path.exists()
+    assert aside.reason
+    stats = coordinator.stats()
+    assert (stats.restores, stats.restore_failures, stats.checkpoints_set_aside) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("kind", ["reserved key", "empty key", "bytes key", "nan expiry"])
+async def test_invalid_keys_fail_before_anything_is_written(tmp_path: Path, kind: str) -> None:
+    backend = MemoryStateBackend()
+    await backend.put("k0", b"before")
+    coordinator = CheckpointCoordinator(backend, 60, options(tmp_path))
+    planted = _plant(tmp_path, kind)
+    with pytest.raises(RestoreFailed, match="kept aside") as info:
+        await coordinator.restore(planted)
+    assert isinstance(info.value.__cause__, CorruptData)
+    assert await contents(backend) == {"k0": b"before"}
+    with pytest.raises(RestoreFailed, match="no checkpoint"):
+        await coordinator.restore_latest()  # the only one was set aside
+    assert await contents(backend) == {"k0": b"before"}
+
+
+def test_signing_key_is_validated_and_never_shown(tmp_path: Path) -> None:
+    opts = options(tmp_path, signing_key=SIGNING_KEY)
+    assert opts.signing_key == SIGNING_KEY
+    assert SIGNING_KEY.decode() not in repr(opts)
+    for bad in (b"short", "a str key of 16+ chars", 12345):
+        with pytest.raises(ConfigError, match="signing_key") as info:
+            options(tmp_path, signing_key=bad)
+        assert "short" not in str(info.value)
+    with pytest.raises(ConfigError):
+        verify_checkpoint(tmp_path / "x.ckpt", signing_key=b"short")
+
+
+async def test_signed_checkpoints_refuse_planted_files(tmp_path: Path) -> None:
+    backend = MemoryStateBackend()
+    coordinator = CheckpointCoordinator(backend, 60, options(tmp_path, signing_key=SIGNING_KEY))
+    await backend.put("k", b"genuine")
+    genuine = await coordinator.create_checkpoint()
+    assert coordinator.list_checkpoints()[0].signed
+    assert (await coordinator.verify(genuine)).signed
+    # Someone who can write the directory plants a newer, perfectly valid but unsigned file...
+    unsigned = _new_id(tmp_path)
+    _native.snapshot_write(tmp_path / f"{unsigned}.ckpt", [("k", b"planted", None)])
+    with pytest.raises(CorruptData, match="not signed"):
+        await coordinator.verify(unsigned)
+    # ...and one signed with a key of their own.
+    forged = _new_id(tmp_path)
+    _native.snapshot_write(tmp_path / f"{forged}.ckpt", [("k", b"planted", None)], signing_key=b"x" * 32)
+    assert await coordinator.restore_latest() == genuine
+    assert await backend.get("k") == b"genuine"
+    assert coordinator.last_restore is not None
+    set_aside = coordinator.last_restore.set_aside
+    assert [item.checkpoint_id for item in set_aside] == [forged, unsigned]
+    assert "signature does not verify" in set_aside[0].reason
+    assert "not signed" in set_aside[1].reason
+    # Without the key, the genuine file still reads (its SHA-256 checks accidents).
+    assert await CheckpointCoordinator(backend, 60, options(tmp_path)).verify(genuine)
+
+
+def _special_entries(tmp_path: Path) -> list[str]:
+    """Entries named like checkpoints that are not checkpoint files."""
+    names = []
+    base = _new_id(tmp_path)
+    fifo = f"{base[:-7]}000001Z.ckpt"
+    os.mkfifo(tmp_path / fifo)
+    names.append(fifo)
+    directory = f"{base[:-7]}000002Z.ckpt"
+    (tmp_path / directory).mkdir()
+    names.append(directory)
+    link = f"{base[:-7]}000003Z.ckpt"
+    (tmp_path / link).symlink_to("/dev/zero")
+    names.append(link)
+    bad_date = "ckpt-20261399T000000.000000Z.ckpt"
+    (tmp_path / bad_date).write_bytes(b"not a real date")
+    names.append(bad_date)
+    (tmp_path / "ckpt-20260101T000000.000000Z.ckpt.bak").write_bytes(b"not named like a checkpoint")
+    return names
+
+
+@pytest.mark.timeout(60)
+async def test_special_entries_never_hang_or_raise(tmp_path: Path) -> None:
+    _, coordinator, (old, new) = await _two_generations(tmp_path)
+    damaged = _new_id(tmp_path)
+    _native.snapshot_write(tmp_path / f"{damaged}.ckpt", [("k0", b"x", None)], compress=False)
+    data = bytearray((tmp_path / f"{damaged}.ckpt").read_bytes())
+    data[16:24] = struct.pack("<d", float("nan"))  # created_at: header damaged
+    (tmp_path / f"{damaged}.ckpt").write_bytes(bytes(data))
+    specials = _special_entries(tmp_path)
+    # list: the sound ones, or every one with the damaged ones marked.
+    assert [info.id for info in coordinator.list_checkpoints()] == [old, new]
+    listed = coordinator.list_checkpoints(include_damaged=True)
+    marked = {info.path.name: info.damaged for info in listed if info.damaged is not None}
+    assert set(marked) == {*specials, f"{damaged}.ckpt"}
+    assert "FIFO" in marked[specials[0]]
+    assert "directory" in marked[specials[1]]
+    assert "symbolic link" in marked[specials[2]]
+    assert "not a valid checkpoint id" in marked[specials[3]]
+    assert "creation time" in marked[f"{damaged}.ckpt"]
+    readable, unreadable = scan_checkpoints(tmp_path)
+    assert len(readable) == 2
+    assert all(isinstance(exc, CorruptData) for _, exc in unreadable)
+    # verify by id: typed errors, no hang.
+    for name in specials[:3]:
+        with pytest.raises(CorruptData, match="not a regular file"):
+            await coordinator.verify(name.removesuffix(".ckpt"))
+    with pytest.raises(ConfigError, match="not a checkpoint id"):
+        await coordinator.verify(specials[3].removesuffix(".ckpt"))
+    # create: the ids stay valid and later than everything.
+    newest = await coordinator.create_checkpoint()
+    assert newest > max(name.removesuffix(".ckpt") for name in specials[:3])
+    # restore_latest: the special entries are not candidates (left alone, not renamed).
+    assert await coordinator.restore_latest() == newest
+    assert coordinator.last_restore is not None
+    assert coordinator.last_restore.set_aside == ()
+    left = set(os.listdir(tmp_path))
+    assert all(name in left for name in specials), "not renamed"
+
+
+@pytest.mark.parametrize("bad_id", ["../x", "../../etc/passwd", "ckpt-20261399T000000.000000Z", "", "/tmp/x"])
+async def test_ids_are_never_paths(tmp_path: Path, bad_id: str) -> None:
+    coordinator = CheckpointCoordinator(MemoryStateBackend(), 60, options(tmp_path))
+    with pytest.raises(ConfigError, match="not a checkpoint id"):
+        await coordinator.verify(bad_id)
+    with pytest.raises(RestoreFailed, match="not a checkpoint id"):
+        await coordinator.restore(bad_id)
+    with pytest.raises(RestoreFailed, match="not a checkpoint id"):
+        await coordinator.plan_restore(bad_id)
+
+
+async def test_no_id_left_after_year_9999_is_a_checkpoint_failure(tmp_path: Path) -> None:
+    (tmp_path / "ckpt-99991231T235959.999999Z.ckpt").write_bytes(b"x")
+    coordinator = CheckpointCoordinator(MemoryStateBackend(), 60, options(tmp_path))
+    with pytest.raises(CheckpointFailed, match="no checkpoint id is left"):
+        await coordinator.create_checkpoint()
+    assert coordinator.stats().checkpoint_failures == 1

@@ -3,8 +3,9 @@
 Commands::
 
     statekit checkpoint list DIR [--json]
-    statekit checkpoint verify DIR [ID ...]
-    statekit checkpoint restore DIR --store URL [--id ID] [--key-prefix PREFIX] [--progress | --no-progress]
+    statekit checkpoint verify DIR [ID ...] [--signing-key-env VAR]
+    statekit checkpoint restore DIR --store URL [--id ID] [--key-prefix PREFIX] [--all-keys]
+        [--force-prefix] [--dry-run] [--signing-key-env VAR] [--progress | --no-progress]
 
 Exit status: 0 on success; 1 when a checkpoint is corrupt, nothing could be restored, or another
 expected error happened (one line on stderr, no traceback); 2 for bad usage.
