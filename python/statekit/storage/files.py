@@ -18,7 +18,7 @@ import contextlib
 import json
 import os
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,23 +163,22 @@ class FileBundleContext(BundleStorageContext):
                     data = _check_chunk(chunk, url)
                     size += len(data)
                     if len(data) >= WRITE_BUFFER and not buffer:
-                        await asyncio.to_thread(_hash_and_write, fd, hasher, data)
+                        await _disk(target, _hash_and_write, fd, hasher, data)
                         continue
                     buffer += data
                     if len(buffer) >= WRITE_BUFFER:
-                        await asyncio.to_thread(_hash_and_write, fd, hasher, bytes(buffer))
+                        await _disk(target, _hash_and_write, fd, hasher, bytes(buffer))
                         buffer.clear()
                 if buffer:
-                    await asyncio.to_thread(_hash_and_write, fd, hasher, bytes(buffer))
-                await asyncio.to_thread(os.fsync, fd)
+                    await _disk(target, _hash_and_write, fd, hasher, bytes(buffer))
+                await _disk(target, os.fsync, fd)
             finally:
                 os.close(fd)
-            await asyncio.to_thread(os.replace, tmp, target)
-        except BaseException as exc:
+            await _disk(target, os.replace, tmp, target)
+        except BaseException:
+            # Whatever failed (the stream, the disk, a cancel), no partial resource is left.
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            if isinstance(exc, OSError):
-                raise StorageError(f"cannot write {target}: {exc}", path=str(target)) from exc
             raise
         return size, hasher.hexdigest()
 
@@ -206,6 +205,14 @@ class FileBundleContext(BundleStorageContext):
             "metadata": metadata_json(metadata),
             "resources": [r.to_dict() for r in self._resources],
         }
+
+
+async def _disk(target: Path, fn: Callable[..., object], *args: object) -> None:
+    """Run a blocking file operation in a worker thread; OSError becomes StorageError."""
+    try:
+        await asyncio.to_thread(fn, *args)
+    except OSError as exc:
+        raise StorageError(f"cannot write {target}: {exc}", path=str(target)) from exc
 
 
 def _hash_and_write(fd: int, hasher: Sha256Hasher, data: bytes) -> None:
