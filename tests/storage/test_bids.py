@@ -67,7 +67,7 @@ def test_anything_else_is_refused(text: str) -> None:
         return
     with pytest.raises(InvalidBidError):
         check_bid(text)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="is not a BID"):
         BundleRef(bid=text)
 
 

@@ -78,10 +78,14 @@ def bundle_time_ok(bid: str) -> bool:
 
 async def test_writer_form_failure_leaves_incomplete_bundle_without_the_resource(tmp_path: Path) -> None:
     storage = FileStorage(tmp_path)
-    with pytest.raises(RuntimeError):
+
+    async def write_then_fail() -> None:
         async with storage.open_bundle("x", {}) as bundle:
             await bundle.write(b"partial")
             raise RuntimeError("caller failed")
+
+    with pytest.raises(RuntimeError):
+        await write_then_fail()
     [info] = storage.list_bundles()
     assert not info.complete
     assert os.listdir(info.path) == []
@@ -170,7 +174,7 @@ async def test_failing_callback_is_a_storage_error_after_the_manifest(tmp_path: 
             raise KeyError("x")
 
     ctx = await FileStorage(tmp_path).start_bundle(BundleRef(), Recipe("r", loader=Bad()))
-    with pytest.raises(StorageError, match="Bad.on_bundle_complete_hook") as info:
+    with pytest.raises(StorageError, match=r"Bad\.on_bundle_complete_hook") as info:
         await ctx.complete({})
     assert isinstance(info.value.__cause__, KeyError)
     assert (ctx.directory / "bundle.json").exists()
