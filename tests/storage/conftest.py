@@ -51,7 +51,7 @@ class AwsPlace:
         )
         return list(reply.get("Messages", []))
 
-    def keys(self) -> list[str]:
+    def object_keys(self) -> list[str]:
         listing = self.s3.list_objects_v2(Bucket=self.bucket)
         return [o["Key"] for o in listing.get("Contents", [])]
 
