@@ -153,9 +153,13 @@ class FileBundleContext(BundleStorageContext):
         hasher = Sha256Hasher()
         size = 0
         try:
-            fd = await asyncio.to_thread(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            # Not in a thread: a cancelled to_thread would still create the file, unseen.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except OSError as exc:
             raise StorageError(f"cannot create {tmp}: {exc}", path=str(tmp)) from exc
+        # Double buffering: while one chunk is hashed and written (two worker threads, both
+        # without the GIL), the next one is gathered from the stream.
+        in_flight: asyncio.Future[None] | None = None
         try:
             try:
                 buffer = bytearray()
@@ -163,18 +167,31 @@ class FileBundleContext(BundleStorageContext):
                     data = _check_chunk(chunk, url)
                     size += len(data)
                     if len(data) >= WRITE_BUFFER and not buffer:
-                        await _disk(target, _hash_and_write, fd, hasher, data)
-                        continue
-                    buffer += data
-                    if len(buffer) >= WRITE_BUFFER:
-                        await _disk(target, _hash_and_write, fd, hasher, bytes(buffer))
-                        buffer.clear()
+                        ready = data
+                    else:
+                        buffer += data
+                        if len(buffer) < WRITE_BUFFER:
+                            continue
+                        ready, buffer = bytes(buffer), bytearray()
+                    if in_flight is not None:
+                        await in_flight
+                    in_flight = asyncio.ensure_future(_hash_and_write(target, fd, hasher, ready))
+                if in_flight is not None:
+                    await in_flight
+                    in_flight = None
                 if buffer:
-                    await _disk(target, _hash_and_write, fd, hasher, bytes(buffer))
+                    await _hash_and_write(target, fd, hasher, bytes(buffer))
                 await _disk(target, os.fsync, fd)
             finally:
+                if in_flight is not None:
+                    # Never close the descriptor under a write still running in a thread.
+                    with contextlib.suppress(BaseException):
+                        await asyncio.shield(in_flight)
                 os.close(fd)
-            await _disk(target, os.replace, tmp, target)
+            try:
+                os.replace(tmp, target)  # a rename is quick, and must not outlive a cancel
+            except OSError as exc:
+                raise StorageError(f"cannot write {target}: {exc}", path=str(target)) from exc
         except BaseException:
             # Whatever failed (the stream, the disk, a cancel), no partial resource is left.
             with contextlib.suppress(FileNotFoundError):
@@ -215,13 +232,30 @@ async def _disk(target: Path, fn: Callable[..., object], *args: object) -> None:
         raise StorageError(f"cannot write {target}: {exc}", path=str(target)) from exc
 
 
-def _hash_and_write(fd: int, hasher: Sha256Hasher, data: bytes) -> None:
-    """Hash then write one chunk (runs in a worker thread; both steps release the GIL)."""
-    hasher.update(data)
+_FADVISE = getattr(os, "posix_fadvise", None)
+_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", 0)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    start = os.lseek(fd, 0, os.SEEK_CUR)
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
         view = view[written:]
+    if _FADVISE is not None:
+        # Start writing this chunk back now (Linux starts writeback for DONTNEED), so the
+        # final fsync has little left to do and a large stream does not fill the page cache.
+        _FADVISE(fd, start, len(data), _DONTNEED)
+
+
+async def _hash_and_write(target: Path, fd: int, hasher: Sha256Hasher, data: bytes) -> None:
+    """Hash and write one chunk at the same time, in two worker threads."""
+    hashed, written = await asyncio.gather(
+        asyncio.to_thread(hasher.update, data), _disk(target, _write_all, fd, data), return_exceptions=True
+    )
+    for outcome in (written, hashed):
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 class FileStorage:

@@ -194,7 +194,9 @@ class UnzipBundleContext(BundleStorageContext):
             except (zipfile.BadZipFile, OSError, ValueError) as exc:
                 raise CorruptData(f"{url!r}: not a valid zip archive: {exc}") from exc
             with archive:
-                members = [info for info in archive.infolist() if not info.is_dir()]
+                # Not info.is_dir(): it fails on an empty name (a member called "\x00" is cut
+                # to "" by zipfile), which a hostile archive can contain.
+                members = [info for info in archive.infolist() if not info.filename.endswith("/")]
                 if len(members) > decorator.max_members:
                     raise DecompressionBombError(
                         f"{url!r} has {len(members)} members, more than max_members={decorator.max_members}; "
