@@ -304,7 +304,11 @@ async def test_fifo_queue_gets_deduplication_id(aws: AwsPlace) -> None:
     assert json.loads(messages[0]["Body"])["bundle_id"] == ref.bid
 
 
-async def test_unreachable_sqs_is_a_storage_error_not_a_retry() -> None:
+async def test_unreachable_sqs_is_a_storage_error_not_a_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.storage.moto_server import DUMMY_AWS_ENV
+
+    for name, value in DUMMY_AWS_ENV.items():
+        monkeypatch.setenv(name, value)
     publisher = SqsPublisher(
         "http://127.0.0.1:9/123456789012/q",
         region="us-east-1",
@@ -359,3 +363,50 @@ async def test_builder_from_env_builds_an_s3_stack(aws: AwsPlace) -> None:
     await ctx.complete({})
     assert any(k.startswith("env/bundles/") for k in aws.object_keys())
     assert len(aws.receive()) == 1
+
+
+async def test_sqs_without_reply_is_outcome_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    from statekit.errors import OutcomeUnknown
+    from tests.storage.moto_server import DUMMY_AWS_ENV
+
+    for name, value in DUMMY_AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+
+    writers: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.read(65536)  # take the request, never answer
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        publisher = SqsPublisher(
+            f"{endpoint}/123456789012/q", region="us-east-1", endpoint_url=endpoint, read_timeout=0.5
+        )
+        with pytest.raises(OutcomeUnknown, match="may or may not"):
+            await publisher.publish_bundle_completion(BundleRef(), {}, "fr")
+    finally:
+        for writer in writers:
+            writer.close()
+            await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_missing_bucket_is_a_storage_error(aws: AwsPlace) -> None:
+    storage = PipelineStorage(
+        "no-such-bucket-here",
+        SqsPublisher(aws.queue_url, endpoint_url=aws.endpoint_url),
+        endpoint_url=aws.endpoint_url,
+        max_retries=0,
+    )
+    ctx = await storage.start_bundle(BundleRef(), Recipe("r"))
+    with pytest.raises(StorageError, match="no-such-bucket-here"):
+        await ctx.add_resource("https://h/a", None, 200, chunks(b"a"))
+
+
+def test_seed_positional_prefix_is_refused_clearly(aws: AwsPlace) -> None:
+    with pytest.raises(ConfigError, match="prefix="):
+        PipelineStorage("my-bucket", "prefix/")  # type: ignore[arg-type]

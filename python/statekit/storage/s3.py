@@ -268,15 +268,17 @@ class PipelineStorage:
     ) -> None:
         if not bucket_name:
             raise ConfigError("PipelineStorage needs a bucket_name (or STATEKIT_S3_BUCKET)")
-        if sqs_publisher is None:
-            raise ConfigError("PipelineStorage needs an SqsPublisher: completion notices are mandatory")
+        if sqs_publisher is None or isinstance(sqs_publisher, str):
+            raise ConfigError(
+                "PipelineStorage needs an SqsPublisher as its second argument: completion notices are "
+                "mandatory (a key prefix goes in prefix=...)"
+            )
         if part_size < MIN_PART_SIZE:
             raise ConfigError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum part size)")
         if max_concurrency < 1 or max_retries < 0:
             raise ConfigError("max_concurrency must be >= 1 and max_retries >= 0")
         obstore_store = require("obstore.store")
         self._obstore = require("obstore")
-        self._errors = require("obstore.exceptions")
         self.bucket_name = bucket_name
         self.prefix = _clean_prefix(prefix)
         self.region = resolve_region(region)
@@ -363,20 +365,27 @@ class PipelineStorage:
                 break
             head.append(chunk)
             buffered += len(chunk)
+        # The source's own errors (a dropped download, a bomb) pass through unchanged; only
+        # what obstore raises (its errors, or builtins like FileNotFoundError) becomes StorageError.
+        source_error: list[BaseException] = []
+
+        async def parts() -> AsyncIterator[bytes]:
+            for chunk in head:
+                yield chunk
+            head.clear()  # let the first part's chunks go once handed over
+            try:
+                async for chunk in iterator:
+                    yield await hashing.feed(chunk)
+            except BaseException as exc:
+                source_error.append(exc)
+                raise
+
         try:
             if exhausted:
                 result = await self._obstore.put_async(
                     self._s3, key, b"".join(head), attributes=attributes, use_multipart=False
                 )
             else:
-
-                async def parts() -> AsyncIterator[bytes]:
-                    for chunk in head:
-                        yield chunk
-                    head.clear()  # let the first part's chunks go once handed over
-                    async for chunk in iterator:
-                        yield await hashing.feed(chunk)
-
                 result = await self._obstore.put_async(
                     self._s3,
                     key,
@@ -386,9 +395,13 @@ class PipelineStorage:
                     chunk_size=self.part_size,
                     max_concurrency=self.max_concurrency,
                 )
-        except self._errors.BaseError as exc:
+        except Exception as exc:
+            if source_error:
+                raise source_error[0] from None
             raise StorageError(
-                f"S3 upload of s3://{self.bucket_name}/{key} failed: {exc}", backend_type="s3", key=key
+                f"S3 upload of s3://{self.bucket_name}/{key} failed: {type(exc).__name__}: {exc}",
+                backend_type="s3",
+                key=key,
             ) from exc
         e_tag = result.get("e_tag") if isinstance(result, Mapping) else None
         return str(e_tag) if e_tag is not None else None
@@ -398,9 +411,11 @@ class PipelineStorage:
             await self._obstore.put_async(
                 self._s3, key, data, attributes={"Content-Type": content_type}, use_multipart=False
             )
-        except self._errors.BaseError as exc:
+        except Exception as exc:  # obstore's errors, and the builtins it maps some of them to
             raise StorageError(
-                f"S3 PUT of s3://{self.bucket_name}/{key} failed: {exc}", backend_type="s3", key=key
+                f"S3 PUT of s3://{self.bucket_name}/{key} failed: {type(exc).__name__}: {exc}",
+                backend_type="s3",
+                key=key,
             ) from exc
 
     # --- completion -----------------------------------------------------------------------------
