@@ -190,3 +190,19 @@ def test_options_and_stack(tmp_path: Path) -> None:
     assert stacked.max_ratio == 10
     with pytest.raises(ConfigError, match="bundle_resources"):
         create_storage_stack(base_storage=base, unzip_resources=True, bundle_resources=True)
+
+
+async def test_writer_form_surfaces_a_bomb_and_stores_nothing(tmp_path: Path) -> None:
+    storage = UnzipResourceDecorator(FileStorage(tmp_path))
+    bomb = gzip.compress(b"\0" * (16 << 20))
+
+    async def write_bomb() -> None:
+        async with storage.open_bundle("b", {}) as bundle:
+            for i in range(0, len(bomb), 4096):
+                await bundle.write(bomb[i : i + 4096])
+
+    with pytest.raises(DecompressionBombError):
+        await write_bomb()
+    [info] = storage.list_bundles()
+    assert not info.complete
+    assert os.listdir(info.path) == []

@@ -241,21 +241,28 @@ class BundleStream:
             assert isinstance(item, bytes)
             yield item
 
-    async def write(self, data: bytes) -> None:
-        """Append ``data`` to the bundle's resource."""
-        if self._closed or self._task is None:
-            raise StorageError("write() on a closed bundle stream")
-        if self._task.done():
-            await self._task  # re-raises the storage's error
-            raise StorageError("the bundle's resource was already finished")
-        put = asyncio.ensure_future(self._queue.put(bytes(data)))
-        # Wait for room in the queue, or for the storage to fail (then surface its error).
+    async def _put(self, item: bytes | object) -> None:
+        """Queue ``item`` once there is room; if the storage fails or stops reading first,
+        raise its error instead of waiting forever."""
+        assert self._task is not None
+        put = asyncio.ensure_future(self._queue.put(item))
         await asyncio.wait({put, self._task}, return_when=asyncio.FIRST_COMPLETED)
-        if not put.done():
-            put.cancel()
-            await self._task
-        if self._task.done() and self._task.exception() is not None:
-            await self._task
+        if put.done():
+            return
+        put.cancel()
+        await self._task  # re-raises the storage's error
+        raise StorageError(f"bundle {self._bundle_id!r}: the storage stopped reading the stream")
+
+    async def write(self, data: bytes) -> None:
+        """Append ``data`` to the bundle's resource (waits while the storage catches up).
+
+        Raises:
+            StorageError: the stream is closed, or the storage failed (its error, e.g.
+                ``DecompressionBombError``, is raised as is).
+        """
+        if self._closed or self._task is None:
+            raise StorageError(f"bundle {self._bundle_id!r}: write() on a closed bundle stream")
+        await self._put(bytes(data))
 
     async def close(self) -> None:
         """Finish the resource and complete the bundle."""
@@ -265,7 +272,7 @@ class BundleStream:
         assert self._task is not None
         assert self._context is not None
         if not self._task.done():
-            await self._queue.put(_END)
+            await self._put(_END)
         await self._task
         await self._context.complete(self._metadata)
 
