@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from statekit import create_store
-from statekit.errors import ConfigError, DecompressionBombError, InvalidBidError, StorageError
+from statekit.errors import ConfigError, DecompressionBombError, InvalidBidError, NotInitialized, StorageError
 from statekit.storage import (
     BundleRef,
     PipelineStorage,
@@ -410,3 +410,18 @@ async def test_missing_bucket_is_a_storage_error(aws: AwsPlace) -> None:
 def test_seed_positional_prefix_is_refused_clearly(aws: AwsPlace) -> None:
     with pytest.raises(ConfigError, match="prefix="):
         PipelineStorage("my-bucket", "prefix/")  # type: ignore[arg-type]
+
+
+async def test_complete_can_be_retried_when_the_store_fails(aws: AwsPlace, tmp_path: Path) -> None:
+    store = create_store("sqlite", path=str(tmp_path / "state.db"))
+    storage = pipeline(aws, store=store)
+    ctx = await storage.start_bundle(BundleRef(), Recipe("r"))
+    await ctx.add_resource("https://h/a", None, 200, chunks(b"a"))
+    await store.close()  # the store is unusable: the pending record cannot be written
+    with pytest.raises(NotInitialized):
+        await ctx.complete({})
+    assert aws.receive(wait=0) == []
+    storage.store = create_store("sqlite", path=str(tmp_path / "state.db"))
+    await ctx.complete({})
+    assert len(aws.receive()) == 1
+    await storage.store.close()

@@ -458,7 +458,13 @@ class PipelineStorage:
             "recorded_at": utc_timestamp(),
         }
         key = self._pending_key(bundle_ref.bid)
-        await self.store.put(key, record)
+        try:
+            await self.store.put(key, record)
+        except BaseException:
+            # Nothing but the (idempotent) manifest PUT happened: complete() may be called again.
+            context._completed = False
+            self._active_bundles[bundle_ref.bid] = context
+            raise
         await self._finish_pending(key, record, recipe)
 
     async def _finish_pending(self, key: str, record: dict[str, Any], recipe: object) -> None:
