@@ -15,6 +15,7 @@ creating a BID in the same millisecond are told apart by the 48 random bits.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import threading
@@ -36,6 +37,16 @@ _MAX_MS = 10**_MS_DIGITS - 1
 _lock = threading.Lock()
 _last_ms = 0
 _seq = 0
+
+
+def _after_fork() -> None:
+    # A fork while another thread held the lock would leave the child's copy locked forever.
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _next_stamp() -> tuple[int, int]:
