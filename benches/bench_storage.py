@@ -173,6 +173,7 @@ RSS_PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.benchmark(group="file peak RSS")
 def test_statekit_file_storage_peak_rss(benchmark: Any, source_file: Path, tmp_path: Path) -> None:
     def probe() -> dict[str, int]:
         run = subprocess.run(
