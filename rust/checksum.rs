@@ -4,6 +4,9 @@
 //! `sha256_file(path)` streams the file through a 1 MiB buffer. Both hash with the GIL
 //! released. `sha2` picks the SHA-NI / AVX2 code path at run time (via `cpufeatures`).
 //!
+//! `Sha256Hasher` is the incremental form, fed chunk by chunk (large chunks hashed with the
+//! GIL released), used to hash a stream while it is being written.
+//!
 //! This module also holds `BytesLike`, the shared extraction of a bytes-like argument
 //! (`bytes`, `bytearray`, `memoryview` or any other buffer-protocol object).
 
@@ -11,6 +14,7 @@ use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyTypeError;
@@ -155,6 +159,53 @@ pub fn sha256_file(py: Python<'_>, path: PathBuf) -> PyResult<String> {
     Ok(py.detach(|| sha256_file_hex(&path))?)
 }
 
+/// Chunks at least this large are hashed with the GIL released; for smaller ones the
+/// detach/re-attach round trip costs more than it frees.
+pub const DETACH_THRESHOLD: usize = 64 * 1024;
+
+/// `Sha256Hasher()`: incremental SHA-256, `update(chunk)` then `hexdigest()`.
+///
+/// Frozen (shareable between threads); the state sits behind a mutex, so concurrent
+/// `update` calls are serialised rather than interleaved mid-block.
+#[pyclass(name = "Sha256Hasher", module = "statekit._native", frozen)]
+pub struct PySha256Hasher {
+    state: Mutex<Sha256>,
+}
+
+impl PySha256Hasher {
+    fn with_state<T>(&self, f: impl FnOnce(&mut Sha256) -> T) -> T {
+        // A panic cannot happen while hashing, but a poisoned lock must not turn into one.
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut guard)
+    }
+}
+
+#[pymethods]
+impl PySha256Hasher {
+    #[new]
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(Sha256::new()),
+        }
+    }
+
+    /// Feeds a bytes-like chunk into the hash.
+    fn update(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let data = BytesLike::extract(data, "data")?;
+        if data.len() >= DETACH_THRESHOLD {
+            py.detach(|| self.with_state(|h| h.update(&*data)));
+        } else {
+            self.with_state(|h| h.update(&*data));
+        }
+        Ok(())
+    }
+
+    /// Lowercase hex digest of everything fed so far; the hasher stays usable.
+    fn hexdigest(&self) -> String {
+        to_hex(&self.with_state(|h| h.clone().finalize()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +222,17 @@ mod tests {
             sha256_hex(b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
             "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
         );
+    }
+
+    #[test]
+    fn incremental_matches_one_shot() {
+        let hasher = PySha256Hasher::new();
+        assert_eq!(hasher.hexdigest(), EMPTY);
+        hasher.with_state(|h| h.update(b"ab"));
+        hasher.with_state(|h| h.update(b"c"));
+        assert_eq!(hasher.hexdigest(), ABC);
+        // hexdigest() does not consume the state.
+        assert_eq!(hasher.hexdigest(), ABC);
     }
 
     #[test]

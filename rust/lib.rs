@@ -5,7 +5,7 @@
 //!
 //! * [`framing`]: checksummed record batches (`encode_records`, `decode_records`)
 //! * [`resp`]: RESP pipelines and Redis Cluster slots (`encode_commands`, `hash_slot`, `hash_slots`)
-//! * [`checksum`]: SHA-256 of buffers and files (`sha256`, `sha256_file`)
+//! * [`checksum`]: SHA-256 of buffers and files (`sha256`, `sha256_file`, `Sha256Hasher`)
 //! * [`runs`]: run watermarks (`last_contiguous_run`, `max_attempted_run`, `run_gaps`)
 //! * [`snapshot`]: checkpoint files (`snapshot_write`, `snapshot_read`, `snapshot_verify`, `snapshot_info`)
 //! * [`errors`]: the `NativeError` type and its mapping to Python exceptions
@@ -31,6 +31,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(resp::hash_slots, m)?)?;
     m.add_function(wrap_pyfunction!(checksum::sha256, m)?)?;
     m.add_function(wrap_pyfunction!(checksum::sha256_file, m)?)?;
+    m.add_class::<checksum::PySha256Hasher>()?;
     m.add_function(wrap_pyfunction!(runs::py_last_contiguous_run, m)?)?;
     m.add_function(wrap_pyfunction!(runs::py_max_attempted_run, m)?)?;
     m.add_function(wrap_pyfunction!(runs::py_run_gaps, m)?)?;

@@ -60,6 +60,19 @@ CONTRACT: dict[str, list[str]] = {
     ],
     "statekit.locks": ["FileLock", "LockExistsError"],
     "statekit.checkpoint": ["CheckpointCoordinator", "CheckpointOptions", "CheckpointStats"],
+    "statekit.storage": [
+        "Storage",
+        "BundleStorageContext",
+        "BundleRef",
+        "Recipe",
+        "new_bid",
+        "FileStorage",
+        "PipelineStorage",
+        "SqsPublisher",
+        "UnzipResourceDecorator",
+        "StorageBuilder",
+        "create_storage_stack",
+    ],
 }
 
 

@@ -14,6 +14,7 @@ from typing import Protocol, final, type_check_only
 from typing_extensions import Buffer
 
 __all__ = [
+    "Sha256Hasher",
     "SnapshotInfo",
     "__version__",
     "decode_records",
@@ -106,6 +107,28 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         FileNotFoundError: the file does not exist (``.filename`` is the path).
         OSError: any other error opening or reading the file.
     """
+
+@final
+class Sha256Hasher:
+    """Incremental SHA-256: feed chunks with :meth:`update`, read :meth:`hexdigest` at the end.
+
+    Chunks of 64 KiB or more are hashed with the GIL released. The state is behind a lock, so
+    one hasher may be shared between threads (updates are serialised, never interleaved).
+    """
+
+    def __init__(self) -> None: ...
+    def update(self, data: Buffer) -> None:
+        """Feed a bytes-like chunk into the hash.
+
+        Raises:
+            TypeError: ``data`` is not bytes-like.
+        """
+
+    def hexdigest(self) -> str:
+        """Lowercase hex digest of everything fed so far; equals ``hashlib.sha256(all).hexdigest()``.
+
+        The hasher stays usable: more chunks may be fed afterwards.
+        """
 
 # --- snapshot ------------------------------------------------------------------------------
 

@@ -13,6 +13,8 @@ all of them. Where it helps callers, an error also derives from the matching bui
       x DeserializationFailed                stored bytes the codec cannot decode (or a bad signature)
       x StorageError                         the backend (disk, server) failed an operation
         x OutcomeUnknown                     a non-idempotent request may or may not have been applied
+        x DecompressionBombError             a compressed resource expands beyond the allowed size or ratio
+      x InvalidBidError (also ValueError)    a bundle ID that is not of the exact BID shape
       x CorruptData (also ValueError)        a framed buffer or file is truncated, altered or foreign
       x CheckpointFailed                     a checkpoint could not be written
       x RestoreFailed                        no checkpoint could be restored
@@ -32,7 +34,9 @@ __all__ = [
     "CheckpointFailed",
     "ConfigError",
     "CorruptData",
+    "DecompressionBombError",
     "DeserializationFailed",
+    "InvalidBidError",
     "InvalidKey",
     "InvalidValue",
     "KeyNotFound",
@@ -137,6 +141,27 @@ class OutcomeUnknown(StorageError):
     statekit never re-sends such a request blindly (an ``incr`` would count twice, a ``pop``
     would lose the value). Check the key's state before deciding what to do.
     """
+
+
+class DecompressionBombError(StorageError):
+    """A compressed resource expands beyond ``max_size`` bytes or ``max_ratio`` times its size.
+
+    Nothing of that resource was stored.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None, limit: str | None = None) -> None:
+        super().__init__(message, key=url)
+        self.url = url
+        #: ``"max_size"`` or ``"max_ratio"``: which bound was exceeded.
+        self.limit = limit
+
+
+class InvalidBidError(StateError, ValueError):
+    """A bundle ID is not of the exact BID shape; it was not used in any path or key."""
+
+    def __init__(self, message: str, *, bid: object = None) -> None:
+        super().__init__(message)
+        self.bid = bid
 
 
 class CorruptData(StateError, ValueError):
