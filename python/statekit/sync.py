@@ -23,7 +23,9 @@ loop; every store made here lives on that loop, and each call is handed to it
 * calling a ``SyncStore`` from code running *on* the background loop (e.g. inside the function
   given to :meth:`SyncStore.update`) would wait for itself: it raises RuntimeError instead;
 * Ctrl-C while waiting cancels the operation on the loop and raises KeyboardInterrupt;
-* at interpreter exit (``atexit``) every store still open is closed and the loop stopped; after
+* at interpreter exit (``atexit``) every store still open is closed and the loop stopped (join
+  your worker threads first: once the main thread has returned, Python shuts its thread pools
+  down, and the SQLite backend runs its I/O in one, so a write still in flight then fails); after
   ``os.fork()`` the child starts a loop of its own on first use (stores made before the fork
   belong to the parent: make new ones in the child).
 

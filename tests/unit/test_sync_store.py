@@ -167,7 +167,9 @@ import threading
 from statekit.sync import create_store
 store = create_store("sqlite:///{tmp_path / "exit.db"}")
 store.put("k", "written")
-threading.Thread(target=lambda: store.put("t", "from a thread")).start()
+worker = threading.Thread(target=lambda: store.put("t", "from a thread"))
+worker.start()
+worker.join()
 print("done")
 """  # exits without closing: atexit closes the store and stops the loop
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
