@@ -33,18 +33,23 @@ def statekit(*args: str | Path, stdin: str | None = None) -> subprocess.Complete
     )
 
 
-def statekit_in_terminal(*args: str | Path) -> tuple[int, str]:
-    """Run with stdout and stderr on a pseudo-terminal; returns (exit status, everything shown)."""
+def statekit_in_terminal(*args: str | Path, typed: bytes | None = None) -> tuple[int, str]:
+    """Run with stdout and stderr on a pseudo-terminal; returns (exit status, everything shown).
+
+    With ``typed``, stdin is the terminal too and ``typed`` is what the user types.
+    """
     controller, terminal = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "statekit", *map(str, args)],
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL if typed is None else terminal,
         stdout=terminal,
         stderr=terminal,
         env=ENV,
         close_fds=True,
     )
     os.close(terminal)
+    if typed is not None:
+        os.write(controller, typed)
     shown = bytearray()
     while True:
         ready, _, _ = select.select([controller], [], [], 60)
@@ -150,6 +155,22 @@ def test_inspect_del_asks_unless_yes(sqlite_url: str) -> None:
     ok(statekit("inspect", sqlite_url, "--prefix", "job:", "del", "k00001", "--yes"))
     assert "job:k00001" not in asyncio.run(_dump(sqlite_url, "job:"))
     failed(statekit("inspect", sqlite_url, "--prefix", "job:", "del", "k00001", "--yes"))
+
+
+def test_inspect_del_asks_on_a_terminal(sqlite_url: str) -> None:
+    code, shown = statekit_in_terminal(
+        "inspect", sqlite_url, "--prefix", "job:", "del", "k00002", typed=b"n\n"
+    )
+    assert code == 1
+    assert "delete 'k00002'" in shown
+    assert "not deleted" in shown
+    assert "job:k00002" in asyncio.run(_dump(sqlite_url, "job:"))
+    code, shown = statekit_in_terminal(
+        "inspect", sqlite_url, "--prefix", "job:", "del", "k00002", typed=b"y\n"
+    )
+    assert code == 0, shown
+    assert "deleted k00002" in shown
+    assert "job:k00002" not in asyncio.run(_dump(sqlite_url, "job:"))
 
 
 def test_memory_and_bad_urls_are_refused(tmp_path: Path, sqlite_url: str) -> None:

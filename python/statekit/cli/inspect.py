@@ -128,11 +128,9 @@ async def _keys(store: KeyValueStore, args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 0:
         raise ConfigError(f"--limit must be >= 0, got {args.limit}")
     end = None if args.end is None else prefix + args.end
-    if end is None:
+    if end is None and args.limit is None:
         names = await store.backend.list_keys(prefix + args.start)
-        if args.limit is not None:
-            names = names[: args.limit]
-    else:
+    else:  # a range read stops at the limit instead of listing every key
         pairs = await store.backend.range(prefix + args.start, end, args.limit)
         names = [name for name, _ in pairs]
     names = [name[len(prefix) :] for name in names]
