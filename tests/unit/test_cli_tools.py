@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -226,6 +227,31 @@ def test_migrate_resumes_by_skipping_identical_keys(sqlite_url: str, tmp_path: P
     again = json.loads(ok(statekit("migrate", sqlite_url, target, "--prefix", "job:", "--json")).stdout)
     assert again["written"] == 0
     assert again["unchanged"] == 102
+
+
+def test_migrate_resumes_after_being_killed(tmp_path: Path) -> None:
+    source = f"sqlite:///{tmp_path / 'big.db'}"
+    target = f"sqlite:///{tmp_path / 'target.db'}"
+    asyncio.run(_fill(source, 20_000))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "statekit", "migrate", source, target, "--batch-size", "20", "--progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+    assert proc.stderr is not None
+    shown = b""
+    while chunk := os.read(proc.stderr.fileno(), 4096):  # until the bar shows batches written
+        shown += chunk
+        if re.search(rb"[1-9][0-9]*/20001", shown):
+            break
+    proc.kill()  # a hard crash in the middle of the copy (or just after it, on a fast machine)
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    report = json.loads(ok(statekit("migrate", source, target, "--json")).stdout)
+    assert report["verified"] is True
+    assert report["written"] + report["unchanged"] == report["keys"] == 20_001
+    assert asyncio.run(_dump(target)) == asyncio.run(_dump(source))
 
 
 def test_migrate_reports_a_target_that_differs(sqlite_url: str, tmp_path: Path) -> None:
