@@ -16,7 +16,7 @@ help: ## list the targets
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "maturin>=1.7,<2"
+	$(PY) -m pip install -q "maturin>=1.9.4,<2"
 
 # Release build of the Rust extension, installed in editable mode with every extra we use.
 $(BUILT): $(PY) $(RUST_SOURCES) $(PY_META)

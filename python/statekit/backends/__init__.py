@@ -2,6 +2,7 @@
 
 * :class:`MemoryStateBackend`: in-process, ordered, TTLs; not persistent.
 * :class:`SqliteStateBackend`: one SQLite file (WAL), persistent, shareable between processes.
+* :class:`CachedStateBackend`: a bounded read-through LRU cache in front of any of them.
 * :class:`RedisStateBackend`: Redis standalone or cluster, TLS/AUTH, pipelined batches. Needs the
   ``redis`` extra (``pip install statekit[redis]``); it is imported on first use, so this package
   imports without redis-py, and a missing extra raises ConfigError saying how to install it.
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from statekit.backends._redis_config import RedisConfig, RedisStats
 from statekit.backends.base import BackendStats, StateBackend
+from statekit.backends.cached import CachedStateBackend
 from statekit.backends.memory import MemoryStateBackend
 from statekit.backends.sqlite import SqliteStateBackend
 
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BackendStats",
+    "CachedStateBackend",
     "MemoryStateBackend",
     "RedisConfig",
     "RedisStateBackend",

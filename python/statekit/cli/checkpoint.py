@@ -1,4 +1,4 @@
-"""``statekit checkpoint list | verify | restore``: inspect, check and restore checkpoint files."""
+"""``statekit checkpoint create | list | verify | restore``: write, inspect, check and restore checkpoints."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from statekit.checkpoint import (
     scan_checkpoints,
     verify_checkpoint,
 )
+from statekit.cli._common import open_store
 from statekit.errors import ConfigError, CorruptData
 
 __all__ = ["add_parser"]
@@ -35,10 +36,27 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add ``checkpoint`` and its sub-commands."""
     parser = commands.add_parser(
         "checkpoint",
-        help="list, verify or restore checkpoint files",
+        help="create, list, verify or restore checkpoint files",
         description="Inspect, verify and restore the checkpoint files of a CheckpointCoordinator.",
     )
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    create = sub.add_parser(
+        "create",
+        help="write a checkpoint of a store (the keys under --prefix) into a directory, then verify it",
+        description=(
+            "Write a checkpoint of the keys under --prefix (default: the URL's key_prefix, else every key) "
+            "to DIR, verified after writing; older checkpoints beyond --keep are then deleted."
+        ),
+    )
+    create.add_argument("store", metavar="STORE_URL", help="the store to checkpoint (not memory://)")
+    create.add_argument("directory", metavar="DIR", type=Path, help="the checkpoint directory (created)")
+    create.add_argument("--prefix", default=None, help="only keys under this prefix (recorded in the file)")
+    create.add_argument("--keep", type=int, default=10, help="checkpoints to keep in DIR (default 10)")
+    create.add_argument("--no-compress", action="store_true", help="store records without zstd")
+    create.add_argument("--json", action="store_true", help="print the new checkpoint as JSON")
+    _add_signing_key_env(create)
+    create.set_defaults(run=run_create)
 
     listing = sub.add_parser("list", help="list the checkpoints of a directory (from their headers)")
     listing.add_argument("directory", type=Path, help="the checkpoint directory")
@@ -253,6 +271,38 @@ def run_verify(args: argparse.Namespace) -> int:
     summary = f"{total - failures} of {total} checkpoint(s) verified"
     print(summary + (f", {failures} corrupt" if failures else ""), file=sys.stderr)
     return 1 if failures else 0
+
+
+def run_create(args: argparse.Namespace) -> int:
+    return asyncio.run(_create(args))
+
+
+async def _create(args: argparse.Namespace) -> int:
+
+    signing_key = _signing_key(args)
+    store = open_store(args.store, what="checkpoint")
+    try:
+        options = CheckpointOptions(
+            args.directory,
+            max_checkpoints=args.keep,
+            compress=not args.no_compress,
+            min_interval=0.0,
+            signing_key=signing_key,
+        )
+        coordinator = CheckpointCoordinator(store, 3600.0, options, prefix=args.prefix)
+        checkpoint_id = await coordinator.create_checkpoint()
+    finally:
+        await store.close()
+    info = next(c for c in coordinator.list_checkpoints() if c.id == checkpoint_id)
+    if args.json:
+        print(json.dumps(_as_json(info), indent=2))
+    else:
+        prefix = "every key" if not info.prefix else f"key prefix {info.prefix!r}"
+        print(
+            f"created checkpoint {checkpoint_id}: {info.entry_count:,} entries ({prefix}), "
+            f"{_human_size(info.size)}, sha256 {info.checksum}, in {args.directory}"
+        )
+    return 0
 
 
 def run_restore(args: argparse.Namespace) -> int:

@@ -1,0 +1,94 @@
+"""``statekit runs show | set STATE_FILE``: read or set the watermarks of a run-state file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.table import Table
+
+from statekit.cli._common import print_json, stdout_console
+from statekit.errors import ConfigError, StorageError
+from statekit.runs import (
+    LAST_ATTEMPTED,
+    LAST_CONTIGUOUS,
+    TIMESTAMP,
+    _directory_lock,
+    _load_state,
+    _now_iso,
+    read_state,
+)
+from statekit.runs import write_state as _write_state
+
+__all__ = ["add_parser"]
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``runs`` and its actions."""
+    parser = commands.add_parser(
+        "runs",
+        help="show or set a run-state file (last_contiguous_run, last_attempted_run)",
+        description="Read or set the watermarks of a run-state file (statekit.runs).",
+    )
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = sub.add_parser("show", help="print the state (a missing file shows as empty)")
+    show.add_argument("state_file", metavar="STATE_FILE", type=Path)
+    show.add_argument("--json", action="store_true", help="print the JSON object")
+    show.set_defaults(run=run_show)
+
+    set_ = sub.add_parser(
+        "set",
+        help="set watermarks (atomic write, under the same lock as the update functions)",
+        description=(
+            "Set last_contiguous_run and/or last_attempted_run (e.g. to re-process runs after a fix); other "
+            "fields are kept and timestamp is set to now. The file is created when missing."
+        ),
+    )
+    set_.add_argument("state_file", metavar="STATE_FILE", type=Path)
+    set_.add_argument("--last-contiguous", type=int, metavar="RUN", help="new last_contiguous_run")
+    set_.add_argument("--last-attempted", type=int, metavar="RUN", help="new last_attempted_run")
+    set_.add_argument("--json", action="store_true", help="print the new state as JSON")
+    set_.set_defaults(run=run_set)
+
+
+def _print_state(path: Path, state: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        print_json(state)
+        return
+    if not state:
+        print(f"{path}: no state (missing or empty)")
+        return
+    if sys.stdout.isatty():
+        table = Table("field", "value", title=str(path))
+        for name, value in state.items():
+            table.add_row(name, str(value))
+        stdout_console().print(table)
+    else:
+        for name, value in state.items():
+            print(f"{name}\t{value}")
+
+
+def run_show(args: argparse.Namespace) -> int:
+    path: Path = args.state_file
+    _print_state(path, read_state(path), args.json)
+    return 0
+
+
+def run_set(args: argparse.Namespace) -> int:
+    path: Path = args.state_file
+    if args.last_contiguous is None and args.last_attempted is None:
+        raise ConfigError("nothing to set: give --last-contiguous RUN and/or --last-attempted RUN")
+    with _directory_lock(path.parent):
+        # (read_state would take the directory lock again: flock is per open file, so it would wait
+        # for us.) A corrupt file is moved aside first, as every update function does.
+        state = _load_state(path, dir_locked=True, strict=True) or {}
+        if args.last_contiguous is not None:
+            state[LAST_CONTIGUOUS] = args.last_contiguous
+        if args.last_attempted is not None:
+            state[LAST_ATTEMPTED] = args.last_attempted
+        state[TIMESTAMP] = _now_iso()
+        if not _write_state(path, state):
+            raise StorageError(f"could not write {str(path)!r} (the reason is logged above)", path=str(path))
+    _print_state(path, state, args.json)
+    return 0
