@@ -236,10 +236,15 @@ def options_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, dic
     return store_type, options
 
 
+def _has_unit(raw: str) -> bool:
+    return raw.strip()[-1:].isalpha()
+
+
 def _coerce(name: str, raw: str) -> Any:
     try:
         if name in _FLOAT_OPTIONS:
-            return float(raw)
+            # Seconds as a number, or a duration string ("90s", "2h") that to_seconds reads later.
+            return raw.strip() if _has_unit(raw) else float(raw)
         if name in _INT_OPTIONS:
             return int(raw)
     except ValueError:

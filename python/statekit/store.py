@@ -29,8 +29,8 @@ __all__ = ["TTL", "KeyValueStore", "StoreStats", "ttl_seconds"]
 
 logger = logging.getLogger("statekit")
 
-#: A time-to-live: seconds (int or float) or a timedelta.
-TTL = float | int | timedelta
+#: A time-to-live: seconds (int or float), a timedelta, or a duration string ("90s", "2h", "1h30m").
+TTL = float | int | timedelta | str
 
 
 def ttl_seconds(ttl: TTL | None, *, name: str = "ttl") -> float | None:

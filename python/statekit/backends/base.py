@@ -228,7 +228,8 @@ def check_amount(amount: object, key: str | None = None) -> int:
 def check_ttl(ttl: object, *, name: str = "ttl") -> float | None:
     """A TTL as positive finite seconds (None stays None), at most :data:`MAX_TTL_SECONDS`.
 
-    Accepts int, float and ``timedelta``; anything else, NaN, infinities, zero, negative and
+    Accepts int, float, ``timedelta`` and duration strings (``"90s"``, ``"2h"``, ``"1h30m"``);
+    anything else, NaN, infinities, zero, negative and
     too-large values raise ConfigError (also ValueError) naming ``name``.
     """
     if ttl is None:
