@@ -69,7 +69,7 @@ async def test_explicit_option_beats_url(tmp_path: Path) -> None:
         (lambda: create_store("ftp://host/x"), "valid schemes"),
         (lambda: create_store("sqlite://"), "has no path"),
         (lambda: create_store("memory://host"), "takes no host"),
-        (lambda: create_store("sqlite:///x.db?default_ttl=soon"), "must be a number"),
+        (lambda: create_store("sqlite:///x.db?default_ttl=soon"), "must be a duration"),
         (lambda: create_store("memory", default_ttl=-5), "positive"),
         (
             lambda: create_store("sqlite", path=":memory:", durability="paranoid"),
