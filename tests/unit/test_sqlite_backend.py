@@ -24,7 +24,7 @@ async def test_data_survives_reopen(tmp_path: Path) -> None:
     reopened = create_store("sqlite", path=str(path), key_prefix="job:")
     assert await reopened.get("k042") == {"i": 42}
     assert len(await reopened.range_get("k")) == 100
-    assert reopened.get_stats()["expiring_keys"] == 1
+    assert (await reopened.get_stats())["expiring_keys"] == 1
     await reopened.close()
 
 
