@@ -346,6 +346,23 @@ async def test_max_connections_bounds_the_server_connections(
         await b.close()
 
 
+@pytest.mark.timeout(60)
+async def test_max_connections_bounds_the_connections_of_every_cluster_node(
+    cluster_url: str, redis_cluster: RedisCluster
+) -> None:
+    before = [_client_count(node) for node in redis_cluster.nodes]
+    b = RedisStateBackend(RedisConfig.from_url(cluster_url, key_prefix="conns:", max_connections=2))
+    try:
+        pairs = [(f"k{i}", b"v") for i in range(500)]
+        calls = [b.batch_put(pairs), b.batch_get([k for k, _ in pairs]), b.range("k", limit=5)]
+        calls += [b.get(f"k{i}") for i in range(20)] + [b.incr_by(f"n{i}") for i in range(10)]
+        await asyncio.gather(*calls)
+        after = [_client_count(node) for node in redis_cluster.nodes]
+        assert all(a - b <= 2 for a, b in zip(after, before, strict=True)), (before, after)
+    finally:
+        await b.close()
+
+
 def _client_count(server: RedisServer) -> int:
     return sum(1 for line in server.cli("CLIENT", "LIST").splitlines() if "cmd=client" not in line)
 

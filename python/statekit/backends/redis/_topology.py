@@ -367,6 +367,16 @@ class Cluster(Topology):
             elif self._stale:
                 self._stale = False
                 await self._client.nodes_manager.initialize()
+            await self._close_startup_connections()
+
+    async def _close_startup_connections(self) -> None:
+        """Close what asking a startup node for the slot map opened (redis-py keeps a separate
+        ClusterNode for it), so that ``max_connections`` per node holds for every node."""
+        manager = self._client.nodes_manager
+        serving = {id(node) for node in manager.nodes_cache.values()}
+        for node in list(manager.startup_nodes.values()):
+            if id(node) not in serving:
+                await node.disconnect()
 
     async def close(self) -> None:
         if self._owned:
