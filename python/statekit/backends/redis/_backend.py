@@ -49,8 +49,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode
-from redis.asyncio.connection import UnixDomainSocketConnection
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from statekit.backends.base import (
@@ -72,7 +70,7 @@ from statekit.backends.base import (
 from statekit.backends.redis import _scripts as lua
 from statekit.backends.redis._config import RedisConfig, RedisStats
 from statekit.backends.redis._index import RangeIndex
-from statekit.backends.redis._topology import Block, Cluster, Standalone, Topology
+from statekit.backends.redis._topology import Block, make_topology
 from statekit.backends.redis._transport import Transport, check, check_exec
 from statekit.errors import ConfigError, CorruptData, InvalidKey, NotInitialized
 
@@ -156,7 +154,7 @@ class RedisStateBackend:
             on_retry=self._count_retry,
             on_error=self._count_error,
         )
-        self._topology = _topology(config, self._transport, client)
+        self._topology = make_topology(config, self._transport, client)
         self._transport.before_attempt = self._start
         shards = config.index_shards
         assert shards is not None  # resolved by RedisConfig
@@ -894,51 +892,3 @@ def _human(n: int) -> str:
             return f"{n:.2f}{unit}" if unit != "B" else f"{n}B"
         n = n / 1024  # type: ignore[assignment]
     return f"{n:.2f}T"
-
-
-def _topology(config: RedisConfig, transport: Transport, client: Any) -> Topology:
-    """The topology of ``config``, on the user's ``client`` when given."""
-    common = {"min_connections": config.min_connections, "batch_size": config.pipeline_batch_size}
-    if client is not None:
-        if isinstance(client, aioredis.RedisCluster):
-            return Cluster(transport, client, owned=False, **common)
-        if isinstance(client, aioredis.Redis):
-            pool = client.connection_pool
-            name = ", ".join(
-                f"{k}={v}" for k, v in pool.connection_kwargs.items() if k in ("host", "port", "path")
-            )
-            return Standalone(transport, pool, name or "redis", owned=False, **common)
-        raise ConfigError(
-            f"client must be a redis.asyncio.Redis or redis.asyncio.RedisCluster, got {type(client).__name__}"
-        )
-    kwargs: dict[str, Any] = {
-        "username": config.username,
-        "password": config.password,
-        "socket_connect_timeout": config.connect_timeout,
-        # No socket_timeout: the transport bounds every read and write itself (one set of
-        # timeouts); redis-py's would wrap each write in a task.
-        "max_connections": config.max_connections,
-        "decode_responses": False,
-    }
-    if config.tls:
-        kwargs.update(
-            ssl=True,
-            ssl_ca_certs=config.tls_ca_certs,
-            ssl_cert_reqs="required" if config.tls_verify else "none",
-            ssl_check_hostname=config.tls_verify,
-        )
-    if config.cluster_mode:
-        nodes = [ClusterNode(n.host, n.port) for n in config.nodes]
-        cluster = aioredis.RedisCluster(startup_nodes=nodes, **kwargs)
-        return Cluster(transport, cluster, owned=True, **common)
-    node = config.nodes[0]
-    del kwargs["max_connections"]
-    if node.path is not None:
-        kwargs = {k: v for k, v in kwargs.items() if not k.startswith("ssl")}
-        kwargs.update(connection_class=UnixDomainSocketConnection, path=node.path)
-    else:
-        if kwargs.pop("ssl", False):
-            kwargs["connection_class"] = aioredis.SSLConnection
-        kwargs.update(host=node.host, port=node.port)
-    pool = aioredis.ConnectionPool(db=config.db, max_connections=config.max_connections, **kwargs)
-    return Standalone(transport, pool, node.name, owned=True, **common)

@@ -20,17 +20,20 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, Final
 
+import redis.asyncio as aioredis
 from redis.asyncio import ConnectionPool, RedisCluster
 from redis.asyncio.cluster import ClusterNode
-from redis.asyncio.connection import AbstractConnection, Connection
+from redis.asyncio.connection import AbstractConnection, Connection, UnixDomainSocketConnection
 from redis.exceptions import AskError, MaxConnectionsError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from statekit import _native
 from statekit.backends.base import RESERVED_KEY_PREFIX
+from statekit.backends.redis._config import RedisConfig
 from statekit.backends.redis._transport import NOT_RUN, Endpoint, Transport, check
+from statekit.errors import ConfigError
 
-__all__ = ["SLOTS", "Block", "Cluster", "Standalone", "Topology", "slot_tag"]
+__all__ = ["SLOTS", "Block", "Cluster", "Standalone", "Topology", "make_topology", "slot_tag"]
 
 SLOTS: Final = 16384
 
@@ -394,3 +397,51 @@ async def _pre_open(endpoint: Endpoint, count: int) -> None:
     finally:
         for connection in held:
             await endpoint.release(connection)
+
+
+def make_topology(config: RedisConfig, transport: Transport, client: Any = None) -> Topology:
+    """The topology of ``config``, on the user's ``client`` when given."""
+    common = {"min_connections": config.min_connections, "batch_size": config.pipeline_batch_size}
+    if client is not None:
+        if isinstance(client, aioredis.RedisCluster):
+            return Cluster(transport, client, owned=False, **common)
+        if isinstance(client, aioredis.Redis):
+            pool = client.connection_pool
+            name = ", ".join(
+                f"{k}={v}" for k, v in pool.connection_kwargs.items() if k in ("host", "port", "path")
+            )
+            return Standalone(transport, pool, name or "redis", owned=False, **common)
+        raise ConfigError(
+            f"client must be a redis.asyncio.Redis or redis.asyncio.RedisCluster, got {type(client).__name__}"
+        )
+    kwargs: dict[str, Any] = {
+        "username": config.username,
+        "password": config.password,
+        "socket_connect_timeout": config.connect_timeout,
+        # No socket_timeout: the transport bounds every read and write itself (one set of
+        # timeouts); redis-py's would wrap each write in a task.
+        "max_connections": config.max_connections,
+        "decode_responses": False,
+    }
+    if config.tls:
+        kwargs.update(
+            ssl=True,
+            ssl_ca_certs=config.tls_ca_certs,
+            ssl_cert_reqs="required" if config.tls_verify else "none",
+            ssl_check_hostname=config.tls_verify,
+        )
+    if config.cluster_mode:
+        nodes = [ClusterNode(n.host, n.port) for n in config.nodes]
+        cluster = aioredis.RedisCluster(startup_nodes=nodes, **kwargs)
+        return Cluster(transport, cluster, owned=True, **common)
+    node = config.nodes[0]
+    del kwargs["max_connections"]
+    if node.path is not None:
+        kwargs = {k: v for k, v in kwargs.items() if not k.startswith("ssl")}
+        kwargs.update(connection_class=UnixDomainSocketConnection, path=node.path)
+    else:
+        if kwargs.pop("ssl", False):
+            kwargs["connection_class"] = aioredis.SSLConnection
+        kwargs.update(host=node.host, port=node.port)
+    pool = aioredis.ConnectionPool(db=config.db, max_connections=config.max_connections, **kwargs)
+    return Standalone(transport, pool, node.name, owned=True, **common)
