@@ -193,26 +193,35 @@ class Topology:
             results = await self.transport.roundtrip(endpoint, payloads, counts)
             redo: list[int] = []
             for group, result in zip(groups, results, strict=True):
+                bad = [r for r in result if isinstance(r, RedisError)]
                 at = 0
                 for i in group:
                     n = len(blocks[i][1])
                     part = result[at : at + n]
                     at += n
-                    if any(isinstance(r, NOT_RUN) for r in part):
+                    refused = next((r for r in part if isinstance(r, NOT_RUN)), None) if bad else None
+                    if refused is not None:
                         redo.append(i)
-                        refusals.append(next(r for r in part if isinstance(r, NOT_RUN)))
+                        refusals.append(refused)
                     else:
                         replies[i] = part
+                if bad:
+                    errors.extend(r for r in bad if not isinstance(r, NOT_RUN))
             return redo
 
         refusals: list[RedisError] = []
+        errors: list[RedisError] = []
 
         async def attempt() -> None:
             nonlocal pending
             refusals.clear()
+            by_slot: dict[int, Endpoint] = {}
             by_endpoint: dict[str, tuple[Endpoint, list[int]]] = {}
             for i in pending:
-                endpoint = self.endpoint(blocks[i][0])
+                slot = blocks[i][0]
+                endpoint = by_slot.get(slot)
+                if endpoint is None:
+                    endpoint = by_slot[slot] = self.endpoint(slot)
                 by_endpoint.setdefault(endpoint.name, (endpoint, []))[1].append(i)
             groups = list(by_endpoint.values())
             outcomes: list[list[int] | BaseException]
@@ -242,9 +251,8 @@ class Topology:
                         f"a server refused part of a pipeline ({refusals[0]}); sending it again"
                     )
                 raise refusals[0]  # none of it ran
-            for block in replies:  # an error reply becomes a StorageError inside the retry loop
-                for reply in block or ():
-                    check(reply)
+            if errors:  # an error reply becomes a StorageError inside the retry loop
+                raise errors[0]
 
         await self.transport.retry(op, key, attempt, unsafe=unsafe)
         return [r if r is not None else [] for r in replies]

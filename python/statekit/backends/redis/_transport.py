@@ -60,7 +60,7 @@ __all__ = ["Endpoint", "NotSent", "Transport", "reply_error"]
 T = TypeVar("T")
 
 #: Bytes read from a connection at a time while replies are pending.
-_READ_SIZE: Final = 1 << 16
+_READ_SIZE: Final = 1 << 20
 
 
 class NotSent(RedisConnectionError):
