@@ -97,12 +97,10 @@ def main() -> None:
         extra = per_key - base
         overhead = "—" if "False" in name else f"+{extra:.0f} B (+{(per_key / base - 1) * 100:.0f}%)"
         print(f"| {name} | {rate / 1e3:,.0f}k keys/s | {per_key:.0f} B | {overhead} |")
-    by_name = {r[0]: r[1] for r in rows}
-    print(
-        "\ncluster / standalone batch put: with index "
-        f"{by_name['cluster 3 masters, index (16 shards)'] / by_name['standalone, index (1 shard)']:.2f}x, "
-        f"without {by_name['cluster 3 masters, range_index=False'] / by_name['standalone, range_index=False']:.2f}x"
-    )
+    rate = {r[0]: r[1] for r in rows}
+    with_index = rate["cluster 3 masters, index (16 shards)"] / rate["standalone, index (1 shard)"]
+    without = rate["cluster 3 masters, range_index=False"] / rate["standalone, range_index=False"]
+    print(f"\ncluster / standalone batch put: with index {with_index:.2f}x, without {without:.2f}x")
 
 
 if __name__ == "__main__":
