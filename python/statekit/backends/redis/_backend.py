@@ -500,9 +500,7 @@ class RedisStateBackend:
         if not full_keys:
             return []
         size = self.config.pipeline_batch_size
-        groups: dict[int, list[int]] = {}
-        for i, slot in enumerate(self._topology.slots(full_keys)):
-            groups.setdefault(slot, []).append(i)
+        groups = self._topology.by_slot(full_keys)
         order: list[list[int]] = []
         blocks: list[Block] = []
         for slot, idx in groups.items():
@@ -612,11 +610,8 @@ class RedisStateBackend:
         )
         names = [k for k, _ in items]
         full = [prefix + k for k in names] if prefix else names
-        slots = self._topology.slots(full)
         # Group by slot (one server: a single group), then chunk: one MULTI or one run of SETs each.
-        groups: dict[int, list[int]] = {}
-        for i, slot in enumerate(slots):
-            groups.setdefault(slot, []).append(i)
+        groups = self._topology.by_slot(full)
         blocks: list[Block] = []
         together = index is not None and index.together
         for slot, idx in groups.items():
@@ -665,9 +660,7 @@ class RedisStateBackend:
         index = self._index
         together = index is not None and index.together
         full = [prefix + k for k in keys]
-        groups: dict[int, list[int]] = {}
-        for i, slot in enumerate(self._topology.slots(full)):
-            groups.setdefault(slot, []).append(i)
+        groups = self._topology.by_slot(full)
         blocks: list[Block] = []
         for slot, idx in groups.items():
             for n, j in enumerate(range(0, len(idx), size)):
@@ -722,9 +715,7 @@ class RedisStateBackend:
         names = await self._index_names(index, prefix, "export_items")
         full = [self._prefix + n for n in names]
         size = self.config.pipeline_batch_size
-        groups: dict[int, list[int]] = {}
-        for i, slot in enumerate(self._topology.slots(full)):
-            groups.setdefault(slot, []).append(i)
+        groups = self._topology.by_slot(full)
         order: list[list[int]] = []
         blocks: list[Block] = []
         for slot, idx in groups.items():

@@ -75,6 +75,8 @@ class RangeIndex:
 
     def group(self, names: Sequence[str]) -> dict[int, list[str]]:
         """Members (keys without the prefix) by shard."""
+        if self.shards == 1:
+            return {0: list(names)}
         prefix = self._prefix
         groups: dict[int, list[str]] = {}
         for shard, name in zip(self.shards_of([prefix + n for n in names]), names, strict=True):

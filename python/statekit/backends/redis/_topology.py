@@ -123,6 +123,13 @@ class Topology:
     def slot(self, key: str) -> int:
         raise NotImplementedError
 
+    def by_slot(self, keys: Sequence[str]) -> dict[int, list[int]]:
+        """The positions of ``keys`` grouped by hash slot."""
+        groups: dict[int, list[int]] = {}
+        for i, slot in enumerate(self.slots(keys)):
+            groups.setdefault(slot, []).append(i)
+        return groups
+
     def endpoint(self, slot: int) -> Endpoint:
         raise NotImplementedError
 
@@ -170,7 +177,7 @@ class Topology:
         """
         replies: list[list[Any] | None] = [None] * len(blocks)
         pending = list(range(len(blocks)))
-        size = self.batch_size
+        limit = 4 * self.batch_size  # arguments per payload: ~one chunk of SETs, or one MULTI chunk
 
         async def on_endpoint(endpoint: Endpoint, indices: list[int]) -> list[int]:
             payloads: list[bytes] = []
@@ -178,10 +185,14 @@ class Topology:
             groups: list[list[int]] = []
             commands: list[list[Any]] = []
             members: list[int] = []
+            weight = 0
             for i in indices:
-                commands += blocks[i][1]
+                block = blocks[i][1]
+                commands += block
                 members.append(i)
-                if len(commands) >= size:
+                weight += sum(map(len, block))
+                if weight >= limit:  # about one chunk of keys per payload
+                    weight = 0
                     payloads.append(_native.encode_commands(commands))
                     counts.append(len(commands))
                     groups.append(members)
@@ -290,6 +301,9 @@ class Standalone(Topology):
 
     def slot(self, key: str) -> int:
         return 0
+
+    def by_slot(self, keys: Sequence[str]) -> dict[int, list[int]]:
+        return {0: list(range(len(keys)))}
 
     def endpoint(self, slot: int) -> Endpoint:
         return self._endpoint
