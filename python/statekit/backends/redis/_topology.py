@@ -211,13 +211,13 @@ class Topology:
                     part = result[at : at + n]
                     at += n
                     refused = next((r for r in part if isinstance(r, NOT_RUN)), None) if bad else None
-                    if refused is not None:
+                    if refused is not None:  # e.g. LOADING inside a MULTI: the block is sent again
                         redo.append(i)
                         refusals.append(refused)
                     else:
                         replies[i] = part
-                if bad:
-                    errors.extend(r for r in bad if not isinstance(r, NOT_RUN))
+                        if bad:
+                            errors.extend(r for r in part if isinstance(r, RedisError))
             return redo
 
         refusals: list[RedisError] = []
@@ -226,6 +226,7 @@ class Topology:
         async def attempt() -> None:
             nonlocal pending
             refusals.clear()
+            errors.clear()
             by_slot: dict[int, Endpoint] = {}
             by_endpoint: dict[str, tuple[Endpoint, list[int]]] = {}
             for i in pending:
