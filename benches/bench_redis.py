@@ -2,7 +2,9 @@
 
 Groups (statekit rows are compared with every baseline row of their group):
 
-* batch put 100k: ``batch_put`` (Rust-encoded MULTI/MSET/EXEC chunks, hiredis-parsed replies) vs a
+* batch put 100k: ``batch_put`` (Rust-encoded MULTI/ZADD/ZREM/MSET/EXEC chunks written on a redis-py
+  connection, replies parsed by hiredis from its stream; and with ``range_index=False``: MSET
+  chunks alone, the very commands of the redis-py MSET baseline) vs a
   redis-py asyncio pipeline (``transaction=False``, hiredis) of SETs, vs redis-py ``MSET`` chunks,
   vs ``redis-benchmark -P 256 -c 1`` (the server's ceiling) and 10k pre-encoded SETs in one
   ``sendall`` on a raw socket (the wire's ceiling, per 10k).
@@ -53,8 +55,9 @@ def server() -> Iterator[RedisServer]:
     s.stop()
 
 
-def _backend(server: RedisServer) -> RedisStateBackend:
-    return RedisStateBackend(RedisConfig.from_url(server.url, pipeline_batch_size=CHUNK, max_connections=1))
+def _backend(server: RedisServer, **options: object) -> RedisStateBackend:
+    config = RedisConfig.from_url(server.url, pipeline_batch_size=CHUNK, max_connections=1, **options)
+    return RedisStateBackend(config)
 
 
 # -- batch put ---------------------------------------------------------------------------------
@@ -66,6 +69,15 @@ def test_statekit_batch_put(benchmark: object, aloop: LoopRunner, server: RedisS
     describe(benchmark, ops=N, targets={"baseline_redispy_pipeline": 10.0, "baseline_wire_sendall": 0.4})
     bench_async(benchmark, aloop, lambda: backend.batch_put(PAIRS), rounds=5)
     assert aloop.run(backend.batch_get([KEYS[0], KEYS[-1]])) == [VALUES[0], VALUES[-1]]
+    aloop.run(backend.close())
+
+
+@put_group
+def test_statekit_batch_put_no_index(benchmark: object, aloop: LoopRunner, server: RedisServer) -> None:
+    """range_index=False: one MSET per chunk, the same commands as the redis-py MSET baseline."""
+    backend = _backend(server, key_prefix="noidx:", range_index=False)
+    describe(benchmark, ops=N, note="range_index=False: MSET chunks, no index")
+    bench_async(benchmark, aloop, lambda: backend.batch_put(PAIRS), rounds=5)
     aloop.run(backend.close())
 
 

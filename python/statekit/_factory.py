@@ -66,6 +66,8 @@ _BACKEND_OPTIONS: Final[dict[str, frozenset[str]]] = {
             "tls_ca_certs",
             "tls_verify",
             "pipeline_batch_size",
+            "range_index",
+            "index_shards",
             "config",
         }
     ),
@@ -86,9 +88,11 @@ _FLOAT_OPTIONS: Final = frozenset(
     }
 )
 _INT_OPTIONS: Final = frozenset(
-    {"port", "db", "max_connections", "min_connections", "max_retries", "pipeline_batch_size"}
+    {"port", "db", "max_connections", "min_connections", "max_retries", "pipeline_batch_size", "index_shards"}
 )
-_BOOL_OPTIONS: Final = frozenset({"ssl", "tls", "tls_verify", "cluster_mode", "allow_unsigned_pickle"})
+_BOOL_OPTIONS: Final = frozenset(
+    {"ssl", "tls", "tls_verify", "cluster_mode", "range_index", "allow_unsigned_pickle"}
+)
 _URL_SCHEMES: Final = {
     "memory": "memory",
     "sqlite": "sqlite",
@@ -224,12 +228,15 @@ def options_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, dic
 
     ``STATEKIT_STORE_URL`` wins over ``STATEKIT_STORE_TYPE``; then ``_PATH``, ``_KEY_PREFIX``,
     ``_SERIALIZER``, ``_DEFAULT_TTL`` and, for Redis, ``_HOST``, ``_PORT``, ``_PASSWORD``,
-    ``_DB``, ``_SSL``.
+    ``_DB``, ``_SSL`` and every :class:`~statekit.backends.RedisConfig` option under its own
+    name in upper case (``STATEKIT_STORE_MAX_CONNECTIONS``, ``STATEKIT_STORE_RANGE_INDEX``, ...).
     """
     env = os.environ if environ is None else environ
     store_type = env.get(ENV_PREFIX + "URL") or env.get(ENV_PREFIX + "TYPE") or "memory"
     options: dict[str, Any] = {}
-    for name in ("path", "key_prefix", "serializer", "default_ttl", "host", "port", "password", "db", "ssl"):
+    names = ["path", "key_prefix", "serializer", "default_ttl", "host", "port", "password", "db", "ssl"]
+    names += sorted(_BACKEND_OPTIONS["redis"] - {"url", "urls", "config", *names})
+    for name in names:
         raw = env.get(ENV_PREFIX + name.upper())
         if raw is not None and raw != "":
             options[name] = _coerce(name, raw)

@@ -42,9 +42,11 @@ class StoreStats(dict[str, Any]):
     """The dict returned by :meth:`KeyValueStore.get_stats`.
 
     It can be used as is (``stats["total_keys"]``) or awaited (``await store.get_stats()``),
-    so code written for either style works with every backend. Awaiting it also refreshes the
-    figures of a backend that has an async ``refresh_stats(prefix)`` (Redis: server-side key
-    counts, ``redis_version``, ``used_memory_human``).
+    so code written for either style works with every backend. Used as is it holds the backend's
+    ``stats_nowait()`` (no I/O: key counts are live on the memory backend, those of the last
+    awaited call on SQLite and Redis); awaiting it runs the backend's async ``stats(prefix)``,
+    which counts the keys (SQLite off the event-loop thread; Redis on the server, with
+    ``redis_version`` and ``used_memory_human``).
     """
 
     refresh: Callable[[], Awaitable[BackendStats]] | None = None
@@ -278,7 +280,11 @@ class KeyValueStore:
         Has at least ``total_keys``, ``expiring_keys``, ``serializer``, ``default_ttl``,
         ``key_prefix`` and ``backend``. Use it directly or ``await`` it.
         """
-        backend_stats: BackendStats = self._backend.stats(self._prefix)
+        backend = self._backend
+        nowait = getattr(backend, "stats_nowait", None)
+        backend_stats: BackendStats = (
+            nowait(self._prefix) if nowait is not None else BackendStats(backend_type=backend.backend_type)
+        )
         stats = StoreStats(backend_stats.as_dict())
         stats.update(
             backend=self._backend.backend_type,
@@ -286,10 +292,8 @@ class KeyValueStore:
             default_ttl=self._default_ttl,
             key_prefix=self._prefix,
         )
-        refresh = getattr(self._backend, "refresh_stats", None)
-        if refresh is not None:
-            prefix = self._prefix
-            stats.refresh = lambda: refresh(prefix)
+        prefix = self._prefix
+        stats.refresh = lambda: backend.stats(prefix)
         return stats
 
     async def close(self) -> None:

@@ -177,7 +177,7 @@ async def test_wrongtype_is_not_retried(backend: RedisStateBackend, redis_server
         await backend.get("list")
     assert "get" in str(info.value)
     assert info.value.key == "list"
-    assert backend.stats().retry_count == 0
+    assert backend.stats_nowait().retry_count == 0
 
 
 async def test_stats(backend: RedisStateBackend) -> None:

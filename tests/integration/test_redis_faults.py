@@ -83,7 +83,7 @@ async def test_wrong_password_is_a_state_error_without_the_password(
         assert wrong not in str(info.value)
         assert wrong not in repr(info.value)
         assert "authentication" in str(info.value)
-        assert b.stats().retry_count == 0
+        assert b.stats_nowait().retry_count == 0
         assert not await b.health_check()
     finally:
         await b.close()
@@ -103,7 +103,7 @@ async def test_unreachable_server() -> None:
         with pytest.raises(StorageError, match="batch_put"):
             await b.batch_put([("k", b"v")])
         assert not await b.health_check()
-        stats = b.stats()
+        stats = b.stats_nowait()
         assert stats.retry_count == 4
         assert stats.error_count == 2
     finally:
@@ -122,7 +122,7 @@ async def test_unreachable_cluster() -> None:
         with pytest.raises(StorageError, match="get"):
             await b.get("k")
         assert not await b.health_check()
-        assert b.stats().error_count == 3
+        assert b.stats_nowait().error_count == 3
     finally:
         await b.close()
 

@@ -15,15 +15,15 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
-import hiredis
 import pytest
 from redis.exceptions import BusyLoadingError, MovedError, NoScriptError, ResponseError
 
 from statekit import KeyValueStore, _native
 from statekit.backends import RedisConfig
-from statekit.backends._redis_wire import WireNotSent, WirePool
 from statekit.backends.base import RESERVED_KEY_PREFIX
-from statekit.backends.redis import RedisStateBackend, _record_tag, _reply_error
+from statekit.backends.redis import RedisStateBackend
+from statekit.backends.redis._topology import slot_tag
+from statekit.backends.redis._transport import reply_error
 from statekit.errors import OutcomeUnknown, StorageError
 from tests.integration.redis_servers import (
     RedisCluster,
@@ -275,7 +275,7 @@ async def test_refused_connections_are_a_plain_storage_error(
         with pytest.raises(StorageError, match=op) as info:
             await call(b)
         assert not isinstance(info.value, OutcomeUnknown)
-        assert b.stats().retry_count == 2
+        assert b.stats_nowait().retry_count == 2
     finally:
         await b.close()
 
@@ -292,7 +292,7 @@ async def test_waiting_for_a_connection_slot_is_bounded(redis_url: str, redis_se
         redis_server.pause()
         try:
             holder = asyncio.create_task(b.get("k"))
-            while not b._gate.locked():  # noqa: ASYNC110 (the holder took the only slot, waits for a reply)
+            while not b._transport.gate.locked():  # noqa: ASYNC110 (the holder took the only slot, waits for a reply)
                 await asyncio.sleep(0.01)
             waiter = asyncio.create_task(b.get("other"))
             done, _ = await asyncio.wait({holder, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -329,27 +329,42 @@ async def test_many_callers_on_a_stalled_server_all_get_a_storage_error(
 
 
 @pytest.mark.timeout(60)
-async def test_wire_pool_wait_for_a_connection_is_bounded(redis_server: RedisServer, redis_url: str) -> None:
-    pool = WirePool(
-        "127.0.0.1",
-        redis_server.port,
-        ssl_context=None,
-        username=None,
-        password=None,
-        db=0,
-        connect_timeout=0.2,
-        read_timeout=1.0,
-        write_timeout=1.0,
-        max_connections=1,
-    )
+async def test_max_connections_bounds_the_server_connections(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    """Single operations and batches share one pool: max_connections=2 means 2 server connections."""
+    before = _client_count(redis_server)
+    b = RedisStateBackend(RedisConfig.from_url(redis_url, key_prefix="conns:", max_connections=2))
     try:
-        conn = await pool.acquire()
-        with pytest.raises(WireNotSent, match="no free connection"):
-            await pool.acquire()
-        pool.release(conn)
-        pool.release(await pool.acquire())
+        pairs = [(f"k{i}", b"v") for i in range(200)]
+        calls = [b.batch_put(pairs), b.batch_get([k for k, _ in pairs]), b.incr_by("n")]
+        calls += [b.get(f"k{i}") for i in range(20)] + [b.range("k", limit=5), b.batch_delete(["k1"])]
+        await asyncio.gather(*calls)
+        assert _client_count(redis_server) - before <= 2
+        assert b.stats_nowait().active_connections <= 2
     finally:
-        pool.close()
+        await b.close()
+
+
+@pytest.mark.timeout(60)
+async def test_max_connections_bounds_the_connections_of_every_cluster_node(
+    cluster_url: str, redis_cluster: RedisCluster
+) -> None:
+    before = [_client_count(node) for node in redis_cluster.nodes]
+    b = RedisStateBackend(RedisConfig.from_url(cluster_url, key_prefix="conns:", max_connections=2))
+    try:
+        pairs = [(f"k{i}", b"v") for i in range(500)]
+        calls = [b.batch_put(pairs), b.batch_get([k for k, _ in pairs]), b.range("k", limit=5)]
+        calls += [b.get(f"k{i}") for i in range(20)] + [b.incr_by(f"n{i}") for i in range(10)]
+        await asyncio.gather(*calls)
+        after = [_client_count(node) for node in redis_cluster.nodes]
+        assert all(a - b <= 2 for a, b in zip(after, before, strict=True)), (before, after)
+    finally:
+        await b.close()
+
+
+def _client_count(server: RedisServer) -> int:
+    return sum(1 for line in server.cli("CLIENT", "LIST").splitlines() if "cmd=client" not in line)
 
 
 # -- LOADING after a restart ---------------------------------------------------------------------
@@ -402,7 +417,7 @@ async def test_loading_after_a_restart_is_retried(loading_server: RedisServer) -
         while not await asyncio.to_thread(_replies_loading, loading_server.port):
             assert not starting.done(), "the server finished loading before a LOADING reply was seen"
             await asyncio.sleep(0.01)
-        retries = b.stats().retry_count
+        retries = b.stats_nowait().retry_count
         results = await asyncio.gather(
             b.get("k1"),
             b.batch_get(["k2", "k3"]),
@@ -417,7 +432,7 @@ async def test_loading_after_a_restart_is_retried(loading_server: RedisServer) -
         )
         await starting
         assert results == [b"v", [b"v", b"v"], None, None, True, 5, True, True, b"v", 2]
-        assert b.stats().retry_count > retries  # LOADING was met, and retried
+        assert b.stats_nowait().retry_count > retries  # LOADING was met, and retried
         assert await b.batch_get(["a", "b", "c", "n", "s", "cas", "k4"]) == [
             b"1",
             b"2",
@@ -436,20 +451,20 @@ async def test_loading_after_a_restart_is_retried(loading_server: RedisServer) -
 
 def test_error_replies_become_redis_py_exception_types() -> None:
     """The wire path classifies error replies by the types redis-py gives them, never by message text."""
-    assert isinstance(
-        _reply_error(hiredis.ReplyError("LOADING Redis is loading the dataset in memory")), BusyLoadingError
-    )
-    assert isinstance(_reply_error(hiredis.ReplyError("MOVED 3999 127.0.0.1:6381")), MovedError)
-    assert isinstance(_reply_error(hiredis.ReplyError("NOSCRIPT No matching script.")), NoScriptError)
-    wrongtype = _reply_error(
-        hiredis.ReplyError("WRONGTYPE Operation against a key holding the wrong kind of value")
-    )
+    assert isinstance(reply_error("LOADING Redis is loading the dataset in memory"), BusyLoadingError)
+    moved = reply_error("MOVED 3999 127.0.0.1:6381")
+    assert isinstance(moved, MovedError)
+    assert (moved.slot_id, moved.port) == (3999, 6381)
+    assert isinstance(reply_error("NOSCRIPT No matching script."), NoScriptError)
+    wrongtype = reply_error("WRONGTYPE Operation against a key holding the wrong kind of value")
     assert type(wrongtype) is ResponseError
+    # A message that merely mentions a code is not that error: only the first word counts.
+    assert type(reply_error("ERR LOADING is not the code here")) is ResponseError
 
 
 def test_request_records_live_in_the_slot_of_their_key() -> None:
     for slot in range(16384):
-        tag = _record_tag(slot)
+        tag = slot_tag(RESERVED_KEY_PREFIX[1:] + "r", slot)
         record = "{" + tag + "}:req:0123abcd"
         assert record.startswith(RESERVED_KEY_PREFIX)
         assert _native.hash_slot(record) == slot

@@ -213,7 +213,7 @@ def make_backend_machine(factory: BackendFactory) -> type[RuleBasedStateMachine]
 
         @invariant()
         def key_counts_match(self) -> None:
-            stats = self.backend.stats()
+            stats = self.run(self.backend.stats())
             items = self.live_items()
             assert stats.total_keys == len(items)
             assert stats.expiring_keys == sum(1 for k, _ in items if self.model[k][1] is not None)

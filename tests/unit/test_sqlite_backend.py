@@ -24,7 +24,7 @@ async def test_data_survives_reopen(tmp_path: Path) -> None:
     reopened = create_store("sqlite", path=str(path), key_prefix="job:")
     assert await reopened.get("k042") == {"i": 42}
     assert len(await reopened.range_get("k")) == 100
-    assert reopened.get_stats()["expiring_keys"] == 1
+    assert (await reopened.get_stats())["expiring_keys"] == 1
     await reopened.close()
 
 
@@ -152,3 +152,22 @@ async def test_point_reads_see_every_committed_write(tmp_path: Path) -> None:
     await backend.batch_put([(f"b{i}", b"x") for i in range(50)])
     assert all([await backend.exists(f"b{i}") for i in range(50)])
     await backend.close()
+
+
+async def test_stats_counts_off_the_event_loop_thread(tmp_path: Path) -> None:
+    """While the worker thread is busy (here: its lock is held), stats() waits without blocking the loop."""
+    backend = SqliteStateBackend(tmp_path / "s.db")
+    try:
+        await backend.batch_put([("a", b"1"), ("b", b"2")])
+        backend._lock.acquire()  # as a long write on the worker thread would
+        try:
+            counting = asyncio.create_task(backend.stats())
+            for _ in range(3):
+                await asyncio.sleep(0)  # the loop runs: stats() is not holding it
+            assert not counting.done()
+        finally:
+            backend._lock.release()
+        assert (await counting).total_keys == 2
+        assert backend.stats_nowait().total_keys == 2  # the last awaited figure, without I/O
+    finally:
+        await backend.close()

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from statekit.backends._redis_config import RedisConfig, RedisStats
 from statekit.backends.base import BackendStats, StateBackend
 from statekit.backends.cached import CachedStateBackend
 from statekit.backends.memory import MemoryStateBackend
+from statekit.backends.redis._config import RedisConfig, RedisStats
 from statekit.backends.sqlite import SqliteStateBackend
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def __getattr__(name: str) -> Any:
 def load_redis_backend() -> type[RedisStateBackend]:
     """The RedisStateBackend class; ConfigError naming the extra when redis-py is missing."""
     try:
-        from statekit.backends.redis import RedisStateBackend
+        from statekit.backends.redis._backend import RedisStateBackend
     except ModuleNotFoundError as exc:
         if exc.name not in ("redis", "hiredis") and not (exc.name or "").startswith("redis."):
             raise

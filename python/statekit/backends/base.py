@@ -459,8 +459,16 @@ class StateBackend(Protocol):
         """
         ...
 
-    def stats(self, prefix: str = "") -> BackendStats:
-        """Counters, with ``total_keys``/``expiring_keys`` counted under ``prefix``."""
+    async def stats(self, prefix: str = "") -> BackendStats:
+        """Counters, with ``total_keys``/``expiring_keys`` counted under ``prefix`` now.
+
+        Async: counting may need the disk (SQLite, off the event-loop thread) or the server (Redis).
+        """
+        ...
+
+    def stats_nowait(self, prefix: str = "") -> BackendStats:
+        """The counters now, without I/O. Key counts are whatever is known without asking: live on
+        the memory backend, the figures of the last ``await stats(prefix)`` on SQLite and Redis."""
         ...
 
     async def close(self) -> None:

@@ -351,9 +351,13 @@ class CachedStateBackend:
             return getattr(self._backend, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    def stats(self, prefix: str = "") -> BackendStats:
+    async def stats(self, prefix: str = "") -> BackendStats:
         """The backend's stats (the cache's own figures are in :meth:`cache_info`)."""
-        return self._backend.stats(prefix)
+        return await self._backend.stats(prefix)
+
+    def stats_nowait(self, prefix: str = "") -> BackendStats:
+        """The backend's counters without I/O (see ``StateBackend.stats_nowait``)."""
+        return self._backend.stats_nowait(prefix)
 
     async def close(self) -> None:
         self._entries.clear()

@@ -339,7 +339,10 @@ class MemoryStateBackend:
     async def health_check(self) -> bool:
         return not self._closed
 
-    def stats(self, prefix: str = "") -> BackendStats:
+    async def stats(self, prefix: str = "") -> BackendStats:
+        return self.stats_nowait(prefix)
+
+    def stats_nowait(self, prefix: str = "") -> BackendStats:
         with self._lock:
             if self._expires:
                 self._reap_expired()

@@ -118,8 +118,9 @@ class SqliteStateBackend:
         self._cleanup_interval = cleanup_interval
         self._last_cleanup = float("-inf")
         self._stats = BackendStats(backend_type=self.backend_type)
+        self._counts: dict[str, tuple[int, int]] = {}
         self._closed = False
-        # One connection, used by the worker thread (and by the synchronous stats() under the lock).
+        # One connection, used by the worker thread.
         self._lock = threading.Lock()
         self._conn = self._open(timeout)
         self._reader = self._open_reader()
@@ -522,13 +523,22 @@ class SqliteStateBackend:
             return False
         return True
 
-    def stats(self, prefix: str = "") -> BackendStats:
-        if self._closed:
-            raise NotInitialized(f"the SQLite backend on {self.path!r} is closed", backend_type="sqlite")
+    async def stats(self, prefix: str = "") -> BackendStats:
+        """Counters, with the live keys under ``prefix`` counted by the worker thread."""
         bounds, params = _key_bounds(prefix, prefix_upper_bound(prefix))
         sql = f"SELECT count(*), count(expires_at) FROM statekit_kv WHERE {bounds} AND {_LIVE}"
         params.append(self._clock())
-        total, expiring = self._locked(lambda: self._conn.execute(sql, params).fetchone())
+
+        def count() -> tuple[int, int]:
+            total, expiring = self._conn.execute(sql, params).fetchone()
+            return int(total), int(expiring)
+
+        self._counts[prefix] = await self._run(count)
+        return self.stats_nowait(prefix)
+
+    def stats_nowait(self, prefix: str = "") -> BackendStats:
+        """Counters now; key counts are those of the last ``await stats(prefix)`` (0 before)."""
+        total, expiring = self._counts.get(prefix, (0, 0))
         return dataclasses.replace(self._stats, total_keys=total, expiring_keys=expiring)
 
     async def close(self) -> None:

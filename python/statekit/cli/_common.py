@@ -18,7 +18,7 @@ from rich.progress import (
 )
 
 from statekit._factory import create_store, parse_store_url
-from statekit.backends._redis_config import redact_url
+from statekit.backends.redis._config import redact_url
 from statekit.errors import ConfigError
 from statekit.store import KeyValueStore
 

@@ -1,0 +1,107 @@
+"""Cluster vs standalone: batch put throughput and the memory the range index costs (INFO memory).
+
+Usage (redis-server and redis-cli on PATH; prints Markdown tables)::
+
+    PYTHONPATH=python .venv/bin/python benches/redis_scaling.py [--keys 1000000] [--batch 10000] [--tasks 4]
+
+Starts a fresh standalone server and a fresh local 3-master cluster (the test fixtures' servers,
+no persistence), then for each layout writes ``--keys`` keys of 16 B with 100 B values through
+``RedisStateBackend.batch_put`` in batches of ``--batch`` keys from ``--tasks`` concurrent tasks,
+and reads ``used_memory`` of ``INFO memory`` (summed over the cluster's masters) before and after.
+Layouts: standalone with the index (1 shard), standalone with ``range_index=False``, cluster with
+the index (16 shards), cluster with ``range_index=False``. Memory per key = (after - before) / keys;
+the index's cost = layout with index - the same topology without.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.integration.redis_servers import RedisServer, start_cluster, start_standalone
+
+from _support import make_key, make_values
+from statekit.backends import RedisConfig
+from statekit.backends.redis import RedisStateBackend
+
+
+def used_memory(nodes: list[RedisServer]) -> int:
+    total = 0
+    for node in nodes:
+        for line in node.cli("INFO", "memory").splitlines():
+            if line.startswith("used_memory:"):
+                total += int(line.split(":", 1)[1])
+    return total
+
+
+async def fill(url: str, n: int, batch: int, tasks: int, **options: Any) -> float:
+    backend = RedisStateBackend(RedisConfig.from_url(url, max_connections=tasks, **options))
+    values = make_values(batch)
+    await backend.put("warm", b"x")  # connect and start the cluster client outside the timing
+    await backend.delete("warm")
+    starts = list(range(0, n, batch))
+
+    async def worker(mine: list[int]) -> None:
+        for start in mine:
+            pairs = [(make_key(i), values[i - start]) for i in range(start, min(n, start + batch))]
+            await backend.batch_put(pairs)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(starts[t::tasks]) for t in range(tasks)))
+    elapsed = time.perf_counter() - began
+    assert await backend.batch_get([make_key(0), make_key(n - 1)]) == [values[0], values[(n - 1) % batch]]
+    await backend.close()
+    return n / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=10_000)
+    parser.add_argument("--tasks", type=int, default=4)
+    args = parser.parse_args()
+    standalone = start_standalone()
+    cluster = start_cluster()
+    rows = []
+    try:
+        layouts = [
+            ("standalone, index (1 shard)", standalone.url, [standalone], {}),
+            ("standalone, range_index=False", standalone.url, [standalone], {"range_index": False}),
+            ("cluster 3 masters, index (16 shards)", cluster.url, cluster.nodes, {}),
+            ("cluster 3 masters, range_index=False", cluster.url, cluster.nodes, {"range_index": False}),
+        ]
+        for name, url, nodes, options in layouts:
+            for node in nodes:
+                node.flushall()
+            before = used_memory(nodes)
+            rate = asyncio.run(fill(url, args.keys, args.batch, args.tasks, **options))
+            per_key = (used_memory(nodes) - before) / args.keys
+            rows.append((name, rate, per_key))
+            print(f"{name}: {rate:,.0f} keys/s, {per_key:.0f} B/key", file=sys.stderr)
+    finally:
+        standalone.stop()
+        cluster.stop()
+    plain = {r[0].split(",")[0]: r[2] for r in rows if "False" in r[0]}
+    print(f"\n{args.keys:,} keys, 16 B keys, 100 B values, batches of {args.batch:,}, {args.tasks} tasks\n")
+    print("| layout | batch put | memory per key | index overhead |")
+    print("|---|---:|---:|---:|")
+    for name, rate, per_key in rows:
+        base = plain[name.split(",")[0]]
+        extra = per_key - base
+        overhead = "—" if "False" in name else f"+{extra:.0f} B (+{(per_key / base - 1) * 100:.0f}%)"
+        print(f"| {name} | {rate / 1e3:,.0f}k keys/s | {per_key:.0f} B | {overhead} |")
+    rate = {r[0]: r[1] for r in rows}
+    with_index = rate["cluster 3 masters, index (16 shards)"] / rate["standalone, index (1 shard)"]
+    without = rate["cluster 3 masters, range_index=False"] / rate["standalone, range_index=False"]
+    print(f"\ncluster / standalone batch put: with index {with_index:.2f}x, without {without:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
