@@ -108,21 +108,9 @@ impl BatchWriter {
         value: &[u8],
         expires_at: Option<f64>,
     ) -> Result<(), NativeError> {
-        let key_len = len_u32(key.len(), self.count, "key")?;
-        let value_len = len_u32(value.len(), self.count, "value")?;
-        let out = &mut self.out;
-        out.reserve(MIN_RECORD_LEN + 8 + key.len() + value.len());
-        out.extend_from_slice(&key_len.to_le_bytes());
-        out.extend_from_slice(&value_len.to_le_bytes());
-        match expires_at {
-            Some(at) => {
-                out.push(1);
-                out.extend_from_slice(&at.to_le_bytes());
-            }
-            None => out.push(0),
-        }
-        out.extend_from_slice(key);
-        out.extend_from_slice(value);
+        len_u32(key.len(), self.count, "key")?;
+        len_u32(value.len(), self.count, "value")?;
+        put_record(&mut self.out, key, value, expires_at);
         self.count += 1;
         Ok(())
     }
@@ -130,11 +118,39 @@ impl BatchWriter {
     /// Completes the header (count, body length, CRC) and returns the batch.
     pub fn finish(mut self) -> Vec<u8> {
         let (header, body) = self.out.split_at_mut(HEADER_LEN);
-        header[8..16].copy_from_slice(&self.count.to_le_bytes());
-        header[16..24].copy_from_slice(&(body.len() as u64).to_le_bytes());
-        header[24..28].copy_from_slice(&crc32fast::hash(body).to_le_bytes());
+        let crc = crc32fast::hash(body);
+        header.copy_from_slice(&batch_header(self.count, body.len() as u64, crc));
         self.out
     }
+}
+
+/// Appends one record to `out` (the body layout above). The caller has checked that the key
+/// and the value are shorter than 4 GiB.
+#[inline]
+pub fn put_record(out: &mut Vec<u8>, key: &[u8], value: &[u8], expires_at: Option<f64>) {
+    out.reserve(MIN_RECORD_LEN + 8 + key.len() + value.len());
+    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    match expires_at {
+        Some(at) => {
+            out.push(1);
+            out.extend_from_slice(&at.to_le_bytes());
+        }
+        None => out.push(0),
+    }
+    out.extend_from_slice(key);
+    out.extend_from_slice(value);
+}
+
+/// The header of a batch of `count` records whose body is `body_len` bytes with CRC-32 `crc`.
+pub fn batch_header(count: u64, body_len: u64, crc: u32) -> [u8; HEADER_LEN] {
+    let mut header = [0u8; HEADER_LEN];
+    header[0..4].copy_from_slice(&MAGIC);
+    header[4] = VERSION;
+    header[8..16].copy_from_slice(&count.to_le_bytes());
+    header[16..24].copy_from_slice(&body_len.to_le_bytes());
+    header[24..28].copy_from_slice(&crc.to_le_bytes());
+    header
 }
 
 /// Encodes records into one batch.
@@ -299,6 +315,13 @@ fn read_u64(bytes: &[u8], at: usize) -> u64 {
 
 /// Checks the header, the length and the CRC of a batch (not the records themselves).
 pub fn open(data: &[u8]) -> Result<Batch<'_>, NativeError> {
+    let batch = open_header(data)?;
+    check_crc(data, &batch)?;
+    Ok(batch)
+}
+
+/// The header and length checks of [`open`].
+fn open_header(data: &[u8]) -> Result<Batch<'_>, NativeError> {
     let magic_part = &data[..data.len().min(MAGIC.len())];
     if magic_part != &MAGIC[..magic_part.len()] {
         return Err(NativeError::corrupt(format!(
@@ -326,7 +349,6 @@ pub fn open(data: &[u8]) -> Result<Batch<'_>, NativeError> {
     }
     let count = read_u64(data, 8);
     let body_len = read_u64(data, 16);
-    let stored_crc = u32::from_le_bytes([data[24], data[25], data[26], data[27]]);
     let expected = usize::try_from(body_len)
         .ok()
         .and_then(|n| n.checked_add(HEADER_LEN));
@@ -351,13 +373,25 @@ pub fn open(data: &[u8]) -> Result<Batch<'_>, NativeError> {
             body.len()
         )));
     }
-    let actual_crc = crc32fast::hash(body);
+    Ok(Batch { count, body })
+}
+
+/// Checks the header and the length of a batch like [`open`], but not its CRC: for a batch
+/// whose integrity is otherwise established (see [`check_crc`]).
+pub fn open_unchecked_crc(data: &[u8]) -> Result<Batch<'_>, NativeError> {
+    open_header(data)
+}
+
+/// Checks the CRC-32 of `batch`, opened from `data` by [`open_unchecked_crc`].
+pub fn check_crc(data: &[u8], batch: &Batch<'_>) -> Result<(), NativeError> {
+    let stored_crc = u32::from_le_bytes([data[24], data[25], data[26], data[27]]);
+    let actual_crc = crc32fast::hash(batch.body);
     if actual_crc != stored_crc {
         return Err(NativeError::corrupt(format!(
             "checksum mismatch: header says 0x{stored_crc:08x}, body hashes to 0x{actual_crc:08x} (buffer corrupted)"
         )));
     }
-    Ok(Batch { count, body })
+    Ok(())
 }
 
 /// Checks a whole batch, records included, without building anything.
@@ -374,7 +408,8 @@ pub fn decode(data: &[u8]) -> Result<Vec<Record<'_>>, NativeError> {
     open(data)?.records().collect()
 }
 
-fn escape(bytes: &[u8]) -> String {
+/// `bytes` as a Python bytes literal, for messages.
+pub(crate) fn escape(bytes: &[u8]) -> String {
     let mut out = String::from("b'");
     for &b in bytes {
         out.extend(std::ascii::escape_default(b).map(char::from));

@@ -15,6 +15,7 @@
 pub mod checksum;
 pub mod errors;
 pub mod framing;
+pub mod records;
 pub mod resp;
 pub mod runs;
 pub mod snapshot;
@@ -37,6 +38,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<snapshot::PySnapshotInfo>()?;
     m.add_function(wrap_pyfunction!(snapshot::snapshot_write, m)?)?;
     m.add_function(wrap_pyfunction!(snapshot::snapshot_read, m)?)?;
+    m.add_function(wrap_pyfunction!(snapshot::snapshot_load, m)?)?;
     m.add_function(wrap_pyfunction!(snapshot::snapshot_verify, m)?)?;
     m.add_function(wrap_pyfunction!(snapshot::snapshot_info, m)?)?;
     Ok(())

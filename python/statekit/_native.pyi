@@ -27,6 +27,7 @@ __all__ = [
     "sha256",
     "sha256_file",
     "snapshot_info",
+    "snapshot_load",
     "snapshot_read",
     "snapshot_verify",
     "snapshot_write",
@@ -225,6 +226,30 @@ def snapshot_read(
             holds an invalid key (the message names the file and the problem).
         ValueError: a key is not UTF-8 (with ``str_keys``) or does not start with
             ``require_prefix``; ``signing_key`` is shorter than 16 bytes.
+        OSError: the file cannot be read.
+    """
+
+def snapshot_load(
+    path: str | os.PathLike[str],
+    *,
+    reserved_prefix: str,
+    require_prefix: str | None = None,
+    signing_key: bytes | None = None,
+) -> tuple[SnapshotInfo, dict[str, bytes], dict[str, float] | None, int]:
+    """Verify a snapshot file like :func:`snapshot_read` (``str_keys=True``, the same
+    ``reserved_prefix`` rule), then return its records as a dict, for a bulk load.
+
+    Returns ``(info, items, expires, value_bytes)``: ``{key: value}`` (a later record of a key
+    wins), ``{key: expires_at}`` for the keys whose last record expires (``None`` when no
+    record expires), and the total size of the values. The header, the SHA-256 and the HMAC
+    are checked over the stored bytes before anything is decompressed; the batch's CRC and
+    every record are checked on a second thread while the dicts are built, and the dicts are
+    dropped (nothing is returned) if any check fails.
+
+    Raises:
+        statekit.errors.CorruptData: as :func:`snapshot_read`.
+        ValueError: a key does not start with ``require_prefix``; ``signing_key`` is shorter
+            than 16 bytes.
         OSError: the file cannot be read.
     """
 
