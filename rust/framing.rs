@@ -485,8 +485,9 @@ fn push_record(writer: &mut BatchWriter, item: &Bound<'_, PyAny>, index: usize) 
 
 /// `encode_records(records)` -> bytes of one record batch.
 ///
-/// Records are appended in one pass while attached (each key and value is read once, while
-/// its memory is hot); the CRC of the body is computed with the GIL released.
+/// A list is walked by index twice: once to check every record and sum the lengths, once to
+/// write the records straight into the result (one allocation, no intermediate buffer). Any
+/// other iterable is appended record by record into a growing buffer.
 #[pyfunction]
 pub fn encode_records<'py>(
     py: Python<'py>,
@@ -501,6 +502,11 @@ pub fn encode_records<'py>(
     if records.is_instance_of::<PyBytes>() || records.is_instance_of::<PyString>() {
         return Err(not_records());
     }
+    if let Ok(list) = records.cast::<PyList>() {
+        if let Some(encoded) = encode_tuples(py, list)? {
+            return Ok(encoded);
+        }
+    }
     // A hint only (bounded: `__len__` can claim anything); the writer grows as needed.
     let estimate = capacity_hint(records).saturating_mul(64).min(MAX_PREALLOC);
     let mut writer = BatchWriter::with_capacity(estimate);
@@ -512,24 +518,109 @@ pub fn encode_records<'py>(
     Ok(PyBytes::new(py, &encoded))
 }
 
+/// The list fast path of [`encode_records`]: None if an item is not a 3-tuple (the general
+/// path then reports it, or accepts a 3-item list).
+fn encode_tuples<'py>(
+    py: Python<'py>,
+    list: &Bound<'py, PyList>,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    // Pass 1: hold each tuple (immutable: its fields cannot change), check the fields and
+    // sum the lengths. Expiries are converted once, here (that may run Python code, which
+    // could change the list: it is read by index, its length re-read each time).
+    let mut tuples: Vec<Bound<'py, PyTuple>> = Vec::with_capacity(list.len());
+    let mut expiries: Vec<Option<f64>> = Vec::with_capacity(list.len());
+    let mut body_len: usize = 0;
+    let mut index = 0;
+    while index < list.len() {
+        let Ok(tuple) = list.get_item(index)?.cast_into::<PyTuple>() else {
+            return Ok(None);
+        };
+        if tuple.len() != 3 {
+            return Ok(None);
+        }
+        let (k, v, e) = (
+            tuple.get_borrowed_item(0)?,
+            tuple.get_borrowed_item(1)?,
+            tuple.get_borrowed_item(2)?,
+        );
+        let key = bytes_field(&k, index, "key")?.as_bytes().len();
+        let value = bytes_field(&v, index, "value")?.as_bytes().len();
+        len_u32(key, index as u64, "key")?;
+        len_u32(value, index as u64, "value")?;
+        let expiry = expiry_of(&e, index)?;
+        body_len += MIN_RECORD_LEN + if expiry.is_some() { 8 } else { 0 } + key + value;
+        tuples.push(tuple);
+        expiries.push(expiry);
+        index += 1;
+    }
+    // Pass 2: write the records in place.
+    let total = HEADER_LEN + body_len;
+    let encoded = PyBytes::new_with(py, total, |buf| {
+        let mut pos = HEADER_LEN;
+        for (tuple, expiry) in tuples.iter().zip(&expiries) {
+            // Borrowed: the tuple we hold keeps them alive, no reference counting.
+            let (k, v) = (tuple.get_borrowed_item(0)?, tuple.get_borrowed_item(1)?);
+            let (key, value) = (k.cast::<PyBytes>()?, v.cast::<PyBytes>()?);
+            pos = write_record(buf, pos, key.as_bytes(), value.as_bytes(), *expiry)?;
+        }
+        let (header, body) = buf.split_at_mut(HEADER_LEN);
+        let crc = crc32fast::hash(body);
+        header.copy_from_slice(&batch_header(tuples.len() as u64, body_len as u64, crc));
+        Ok(())
+    })?;
+    Ok(Some(encoded))
+}
+
+/// Writes one record into `buf` at `pos` (sized by the caller); returns the end position.
+fn write_record(
+    buf: &mut [u8],
+    pos: usize,
+    key: &[u8],
+    value: &[u8],
+    expires_at: Option<f64>,
+) -> Result<usize, NativeError> {
+    let head = 9 + if expires_at.is_some() { 8 } else { 0 };
+    let end = pos + head + key.len() + value.len();
+    let Some(out) = buf.get_mut(pos..end) else {
+        return Err(NativeError::invalid(
+            "encode_records: a record changed size while encoding",
+        ));
+    };
+    out[0..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
+    out[4..8].copy_from_slice(&(value.len() as u32).to_le_bytes());
+    match expires_at {
+        Some(at) => {
+            out[8] = 1;
+            out[9..17].copy_from_slice(&at.to_le_bytes());
+        }
+        None => out[8] = 0,
+    }
+    out[head..head + key.len()].copy_from_slice(key);
+    out[head + key.len()..].copy_from_slice(value);
+    Ok(end)
+}
+
 /// `decode_records(data)` -> list of `(key, value, expires_at)` tuples.
+///
+/// Checks the header, the CRC and every record detached, collecting the record bounds, then
+/// builds the list at its final size.
 #[pyfunction]
 pub fn decode_records<'py>(
     py: Python<'py>,
     data: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyList>> {
     let data = BytesLike::extract(data, "data")?;
-    let batch = py.detach(|| validate(&data))?;
-    let list = PyList::empty(py);
-    for record in batch.records() {
-        let r = record?;
-        list.append((
-            PyBytes::new(py, r.key),
-            PyBytes::new(py, r.value),
-            r.expires_at,
-        ))?;
-    }
-    Ok(list)
+    let records = py.detach(|| decode(&data))?;
+    PyList::new(
+        py,
+        records.iter().map(|r| {
+            (
+                PyBytes::new(py, r.key),
+                PyBytes::new(py, r.value),
+                r.expires_at,
+            )
+        }),
+    )
 }
 
 #[cfg(test)]
