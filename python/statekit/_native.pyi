@@ -285,7 +285,9 @@ def last_contiguous_run(last: int, successful: Iterable[int]) -> int:
     """Advance ``last`` while ``last + 1`` is in ``successful``; return the final value.
 
     ``successful`` may be in any order and hold duplicates; numbers ``<= last`` are ignored.
-    ``last_contiguous_run(103, [104, 106, 107]) == 104``.
+    ``last_contiguous_run(103, [104, 106, 107]) == 104``. A C-contiguous buffer of 64-bit
+    signed ints (``array('q')``, a numpy ``int64`` array) is read in place, without
+    converting each item (the same holds for ``max_attempted_run`` and ``run_gaps``).
 
     Raises:
         TypeError: an item is not an ``int``.
