@@ -801,6 +801,7 @@ pub fn write_file(
             count: entry_count,
         },
         options,
+        false,
     )
 }
 
@@ -826,10 +827,15 @@ pub fn check_options(options: &Options<'_>) -> Result<(), NativeError> {
 
 /// Writes a snapshot of `framed` to `path`, atomically and durably, once [`check_options`]
 /// passed and every key is known to start with the prefix; returns its header.
+///
+/// With `verify`, the written file is read back and checked as [`verify_file`] does (header,
+/// SHA-256 over the stored bytes, signature) before it is renamed into place, while another
+/// thread fsyncs it: a file that does not verify never replaces the target.
 pub fn write_framed(
     path: &Path,
     framed: &dyn Framed,
     options: &Options<'_>,
+    verify: bool,
 ) -> Result<Header, NativeError> {
     let tmp = temp_path(path)?;
     let written = (|| -> Result<Header, WriteError> {
@@ -839,7 +845,27 @@ pub fn write_framed(
             .open(&tmp)
             .map_err(WriteError::Io)?;
         let header = write_payload(&mut file, framed, options)?;
-        file.sync_all().map_err(WriteError::Io)?;
+        if verify {
+            let (synced, verified) = std::thread::scope(|s| {
+                let syncing = s.spawn(|| file.sync_all());
+                let verified = verify_file(&tmp, false, options.signing_key);
+                (syncing.join(), verified)
+            });
+            synced
+                .map_err(|_| WriteError::Io(io::Error::other("the fsync thread panicked")))?
+                .map_err(WriteError::Io)?;
+            let read_back = verified.map_err(WriteError::Encode)?;
+            if read_back != header {
+                return Err(WriteError::Encode(NativeError::corrupt(format!(
+                    "the file written to {} reads back with another header (checksum {}, expected {})",
+                    tmp.display(),
+                    read_back.checksum(),
+                    header.checksum()
+                ))));
+            }
+        } else {
+            file.sync_all().map_err(WriteError::Io)?;
+        }
         drop(file);
         fs::rename(&tmp, path).map_err(WriteError::Io)?;
         Ok(header)
@@ -1346,9 +1372,9 @@ fn signing_key_of(key: Option<&[u8]>) -> PyResult<Option<&[u8]>> {
 }
 
 /// `snapshot_write(path, records, *, compress=True, level=None, created_at=None, prefix="",
-/// signing_key=None)` -> info.
+/// signing_key=None, verify=False)` -> info.
 #[pyfunction]
-#[pyo3(signature = (path, records, *, compress = true, level = None, created_at = None, prefix = "", signing_key = None))]
+#[pyo3(signature = (path, records, *, compress = true, level = None, created_at = None, prefix = "", signing_key = None, verify = false))]
 #[allow(clippy::too_many_arguments)]
 pub fn snapshot_write(
     py: Python<'_>,
@@ -1359,6 +1385,7 @@ pub fn snapshot_write(
     created_at: Option<f64>,
     prefix: &str,
     signing_key: Option<&[u8]>,
+    verify: bool,
 ) -> PyResult<PySnapshotInfo> {
     if let Some(level) = level.filter(|l| !(1..=MAX_LEVEL).contains(l)) {
         return Err(PyValueError::new_err(format!(
@@ -1385,7 +1412,7 @@ pub fn snapshot_write(
     let header = py.detach(|| {
         check_options(&options)?;
         let prepared = columns.prepare(options.prefix.as_bytes())?;
-        write_framed(&path, &prepared, &options)
+        write_framed(&path, &prepared, &options, verify)
     });
     // The references to the keys and values are released here, attached.
     drop(columns);

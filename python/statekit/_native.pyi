@@ -160,6 +160,7 @@ def snapshot_write(
     created_at: float | None = None,
     prefix: str = "",
     signing_key: bytes | None = None,
+    verify: bool = False,
 ) -> SnapshotInfo:
     """Write a snapshot file of ``(key, value, expires_at)`` records, atomically and durably.
 
@@ -185,11 +186,14 @@ def snapshot_write(
     The SHA-256 detects accidents only (anyone who can write the file can recompute it); the
     HMAC detects tampering by anyone who does not hold the key.
 
-    The records are read once while attached; the CRC, compression, hashing and the write run
-    with the GIL released (compression on this thread, hashing and writing on a second one).
+    While attached, a reference to every key and value is taken (one pass, no copy); the
+    framing, the CRC (two threads), compression, hashing and the write run with the GIL
+    released (framing and compression on this thread, hashing and writing on a second one).
     The file is written to ``.{name}.{pid}.{n}.tmp`` in the same directory, fsynced, renamed
     over ``path``, and the directory is fsynced; on failure the temporary file is removed and
-    ``path`` is untouched.
+    ``path`` is untouched. With ``verify``, the temporary file is also read back and checked
+    as ``snapshot_verify(deep=False)`` does (while another thread fsyncs it) before it
+    replaces ``path``; a file that does not verify raises ``CorruptData`` and is removed.
 
     Raises:
         TypeError: a record is not a 3-tuple of ``str | bytes``, ``bytes``, ``float | None``.
@@ -197,6 +201,7 @@ def snapshot_write(
             key or value of 4 GiB or more, a key outside ``prefix``, a prefix over 4096 bytes,
             or a ``signing_key`` shorter than 16 bytes.
         OSError: the file cannot be written (``.filename`` is the path).
+        statekit.errors.CorruptData: with ``verify``, the file read back does not verify.
     """
 
 def snapshot_read(

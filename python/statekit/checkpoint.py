@@ -623,12 +623,11 @@ class CheckpointCoordinator:
                 created_at=micros / 1_000_000,
                 prefix=self._prefix,
                 signing_key=options.signing_key,
+                # Read the file back before it replaces anything: what is on disk must hash
+                # (and be signed) as written.
+                verify=True,
             )
             del items
-            # Read the file back: what is on disk must hash (and be signed) as written.
-            await asyncio.to_thread(
-                _native.snapshot_verify, path, deep=False, signing_key=options.signing_key
-            )
         except (OSError, StateError, ValueError, TypeError) as exc:
             self._failures += 1
             if isinstance(exc, CorruptData):

@@ -193,3 +193,24 @@ def test_bulk_load_leaves_the_backend_as_replace_prefix_does(
     by_dict = asyncio.run(run(bulk=True))
     assert by_dict[:2] == by_columns[:2]
     assert by_dict[3] == by_columns[3]
+
+
+@FILES
+@given(items=items_st, compress=st.booleans(), signed=st.booleans())
+def test_write_with_verify_is_the_same_file(
+    tmp_path: Path, items: list[Item], compress: bool, signed: bool
+) -> None:
+    key = b"s" * 16 if signed else None
+    plain = _native.snapshot_write(
+        tmp_path / "a.ckpt", columns(items), compress=compress, created_at=5.0, signing_key=key
+    )
+    checked = _native.snapshot_write(
+        tmp_path / "b.ckpt", columns(items), compress=compress, created_at=5.0, signing_key=key, verify=True
+    )
+    assert (tmp_path / "a.ckpt").read_bytes() == (tmp_path / "b.ckpt").read_bytes()
+    assert (
+        checked.checksum
+        == plain.checksum
+        == _native.snapshot_verify(tmp_path / "b.ckpt", signing_key=key).checksum
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "b.ckpt"]
