@@ -108,21 +108,9 @@ impl BatchWriter {
         value: &[u8],
         expires_at: Option<f64>,
     ) -> Result<(), NativeError> {
-        let key_len = len_u32(key.len(), self.count, "key")?;
-        let value_len = len_u32(value.len(), self.count, "value")?;
-        let out = &mut self.out;
-        out.reserve(MIN_RECORD_LEN + 8 + key.len() + value.len());
-        out.extend_from_slice(&key_len.to_le_bytes());
-        out.extend_from_slice(&value_len.to_le_bytes());
-        match expires_at {
-            Some(at) => {
-                out.push(1);
-                out.extend_from_slice(&at.to_le_bytes());
-            }
-            None => out.push(0),
-        }
-        out.extend_from_slice(key);
-        out.extend_from_slice(value);
+        len_u32(key.len(), self.count, "key")?;
+        len_u32(value.len(), self.count, "value")?;
+        put_record(&mut self.out, key, value, expires_at);
         self.count += 1;
         Ok(())
     }
@@ -130,11 +118,39 @@ impl BatchWriter {
     /// Completes the header (count, body length, CRC) and returns the batch.
     pub fn finish(mut self) -> Vec<u8> {
         let (header, body) = self.out.split_at_mut(HEADER_LEN);
-        header[8..16].copy_from_slice(&self.count.to_le_bytes());
-        header[16..24].copy_from_slice(&(body.len() as u64).to_le_bytes());
-        header[24..28].copy_from_slice(&crc32fast::hash(body).to_le_bytes());
+        let crc = crc32fast::hash(body);
+        header.copy_from_slice(&batch_header(self.count, body.len() as u64, crc));
         self.out
     }
+}
+
+/// Appends one record to `out` (the body layout above). The caller has checked that the key
+/// and the value are shorter than 4 GiB.
+#[inline]
+pub fn put_record(out: &mut Vec<u8>, key: &[u8], value: &[u8], expires_at: Option<f64>) {
+    out.reserve(MIN_RECORD_LEN + 8 + key.len() + value.len());
+    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    match expires_at {
+        Some(at) => {
+            out.push(1);
+            out.extend_from_slice(&at.to_le_bytes());
+        }
+        None => out.push(0),
+    }
+    out.extend_from_slice(key);
+    out.extend_from_slice(value);
+}
+
+/// The header of a batch of `count` records whose body is `body_len` bytes with CRC-32 `crc`.
+pub fn batch_header(count: u64, body_len: u64, crc: u32) -> [u8; HEADER_LEN] {
+    let mut header = [0u8; HEADER_LEN];
+    header[0..4].copy_from_slice(&MAGIC);
+    header[4] = VERSION;
+    header[8..16].copy_from_slice(&count.to_le_bytes());
+    header[16..24].copy_from_slice(&body_len.to_le_bytes());
+    header[24..28].copy_from_slice(&crc.to_le_bytes());
+    header
 }
 
 /// Encodes records into one batch.
@@ -299,6 +315,13 @@ fn read_u64(bytes: &[u8], at: usize) -> u64 {
 
 /// Checks the header, the length and the CRC of a batch (not the records themselves).
 pub fn open(data: &[u8]) -> Result<Batch<'_>, NativeError> {
+    let batch = open_header(data)?;
+    check_crc(data, &batch)?;
+    Ok(batch)
+}
+
+/// The header and length checks of [`open`].
+fn open_header(data: &[u8]) -> Result<Batch<'_>, NativeError> {
     let magic_part = &data[..data.len().min(MAGIC.len())];
     if magic_part != &MAGIC[..magic_part.len()] {
         return Err(NativeError::corrupt(format!(
@@ -326,7 +349,6 @@ pub fn open(data: &[u8]) -> Result<Batch<'_>, NativeError> {
     }
     let count = read_u64(data, 8);
     let body_len = read_u64(data, 16);
-    let stored_crc = u32::from_le_bytes([data[24], data[25], data[26], data[27]]);
     let expected = usize::try_from(body_len)
         .ok()
         .and_then(|n| n.checked_add(HEADER_LEN));
@@ -351,13 +373,25 @@ pub fn open(data: &[u8]) -> Result<Batch<'_>, NativeError> {
             body.len()
         )));
     }
-    let actual_crc = crc32fast::hash(body);
+    Ok(Batch { count, body })
+}
+
+/// Checks the header and the length of a batch like [`open`], but not its CRC: for a batch
+/// whose integrity is otherwise established (see [`check_crc`]).
+pub fn open_unchecked_crc(data: &[u8]) -> Result<Batch<'_>, NativeError> {
+    open_header(data)
+}
+
+/// Checks the CRC-32 of `batch`, opened from `data` by [`open_unchecked_crc`].
+pub fn check_crc(data: &[u8], batch: &Batch<'_>) -> Result<(), NativeError> {
+    let stored_crc = u32::from_le_bytes([data[24], data[25], data[26], data[27]]);
+    let actual_crc = crc32fast::hash(batch.body);
     if actual_crc != stored_crc {
         return Err(NativeError::corrupt(format!(
             "checksum mismatch: header says 0x{stored_crc:08x}, body hashes to 0x{actual_crc:08x} (buffer corrupted)"
         )));
     }
-    Ok(Batch { count, body })
+    Ok(())
 }
 
 /// Checks a whole batch, records included, without building anything.
@@ -374,7 +408,8 @@ pub fn decode(data: &[u8]) -> Result<Vec<Record<'_>>, NativeError> {
     open(data)?.records().collect()
 }
 
-fn escape(bytes: &[u8]) -> String {
+/// `bytes` as a Python bytes literal, for messages.
+pub(crate) fn escape(bytes: &[u8]) -> String {
     let mut out = String::from("b'");
     for &b in bytes {
         out.extend(std::ascii::escape_default(b).map(char::from));
@@ -450,8 +485,9 @@ fn push_record(writer: &mut BatchWriter, item: &Bound<'_, PyAny>, index: usize) 
 
 /// `encode_records(records)` -> bytes of one record batch.
 ///
-/// Records are appended in one pass while attached (each key and value is read once, while
-/// its memory is hot); the CRC of the body is computed with the GIL released.
+/// A list is walked by index twice: once to check every record and sum the lengths, once to
+/// write the records straight into the result (one allocation, no intermediate buffer). Any
+/// other iterable is appended record by record into a growing buffer.
 #[pyfunction]
 pub fn encode_records<'py>(
     py: Python<'py>,
@@ -466,6 +502,11 @@ pub fn encode_records<'py>(
     if records.is_instance_of::<PyBytes>() || records.is_instance_of::<PyString>() {
         return Err(not_records());
     }
+    if let Ok(list) = records.cast::<PyList>() {
+        if let Some(encoded) = encode_tuples(py, list)? {
+            return Ok(encoded);
+        }
+    }
     // A hint only (bounded: `__len__` can claim anything); the writer grows as needed.
     let estimate = capacity_hint(records).saturating_mul(64).min(MAX_PREALLOC);
     let mut writer = BatchWriter::with_capacity(estimate);
@@ -477,24 +518,109 @@ pub fn encode_records<'py>(
     Ok(PyBytes::new(py, &encoded))
 }
 
+/// The list fast path of [`encode_records`]: None if an item is not a 3-tuple (the general
+/// path then reports it, or accepts a 3-item list).
+fn encode_tuples<'py>(
+    py: Python<'py>,
+    list: &Bound<'py, PyList>,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    // Pass 1: hold each tuple (immutable: its fields cannot change), check the fields and
+    // sum the lengths. Expiries are converted once, here (that may run Python code, which
+    // could change the list: it is read by index, its length re-read each time).
+    let mut tuples: Vec<Bound<'py, PyTuple>> = Vec::with_capacity(list.len());
+    let mut expiries: Vec<Option<f64>> = Vec::with_capacity(list.len());
+    let mut body_len: usize = 0;
+    let mut index = 0;
+    while index < list.len() {
+        let Ok(tuple) = list.get_item(index)?.cast_into::<PyTuple>() else {
+            return Ok(None);
+        };
+        if tuple.len() != 3 {
+            return Ok(None);
+        }
+        let (k, v, e) = (
+            tuple.get_borrowed_item(0)?,
+            tuple.get_borrowed_item(1)?,
+            tuple.get_borrowed_item(2)?,
+        );
+        let key = bytes_field(&k, index, "key")?.as_bytes().len();
+        let value = bytes_field(&v, index, "value")?.as_bytes().len();
+        len_u32(key, index as u64, "key")?;
+        len_u32(value, index as u64, "value")?;
+        let expiry = expiry_of(&e, index)?;
+        body_len += MIN_RECORD_LEN + if expiry.is_some() { 8 } else { 0 } + key + value;
+        tuples.push(tuple);
+        expiries.push(expiry);
+        index += 1;
+    }
+    // Pass 2: write the records in place.
+    let total = HEADER_LEN + body_len;
+    let encoded = PyBytes::new_with(py, total, |buf| {
+        let mut pos = HEADER_LEN;
+        for (tuple, expiry) in tuples.iter().zip(&expiries) {
+            // Borrowed: the tuple we hold keeps them alive, no reference counting.
+            let (k, v) = (tuple.get_borrowed_item(0)?, tuple.get_borrowed_item(1)?);
+            let (key, value) = (k.cast::<PyBytes>()?, v.cast::<PyBytes>()?);
+            pos = write_record(buf, pos, key.as_bytes(), value.as_bytes(), *expiry)?;
+        }
+        let (header, body) = buf.split_at_mut(HEADER_LEN);
+        let crc = crc32fast::hash(body);
+        header.copy_from_slice(&batch_header(tuples.len() as u64, body_len as u64, crc));
+        Ok(())
+    })?;
+    Ok(Some(encoded))
+}
+
+/// Writes one record into `buf` at `pos` (sized by the caller); returns the end position.
+fn write_record(
+    buf: &mut [u8],
+    pos: usize,
+    key: &[u8],
+    value: &[u8],
+    expires_at: Option<f64>,
+) -> Result<usize, NativeError> {
+    let head = 9 + if expires_at.is_some() { 8 } else { 0 };
+    let end = pos + head + key.len() + value.len();
+    let Some(out) = buf.get_mut(pos..end) else {
+        return Err(NativeError::invalid(
+            "encode_records: a record changed size while encoding",
+        ));
+    };
+    out[0..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
+    out[4..8].copy_from_slice(&(value.len() as u32).to_le_bytes());
+    match expires_at {
+        Some(at) => {
+            out[8] = 1;
+            out[9..17].copy_from_slice(&at.to_le_bytes());
+        }
+        None => out[8] = 0,
+    }
+    out[head..head + key.len()].copy_from_slice(key);
+    out[head + key.len()..].copy_from_slice(value);
+    Ok(end)
+}
+
 /// `decode_records(data)` -> list of `(key, value, expires_at)` tuples.
+///
+/// Checks the header, the CRC and every record detached, collecting the record bounds, then
+/// builds the list at its final size.
 #[pyfunction]
 pub fn decode_records<'py>(
     py: Python<'py>,
     data: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyList>> {
     let data = BytesLike::extract(data, "data")?;
-    let batch = py.detach(|| validate(&data))?;
-    let list = PyList::empty(py);
-    for record in batch.records() {
-        let r = record?;
-        list.append((
-            PyBytes::new(py, r.key),
-            PyBytes::new(py, r.value),
-            r.expires_at,
-        ))?;
-    }
-    Ok(list)
+    let records = py.detach(|| decode(&data))?;
+    PyList::new(
+        py,
+        records.iter().map(|r| {
+            (
+                PyBytes::new(py, r.key),
+                PyBytes::new(py, r.value),
+                r.expires_at,
+            )
+        }),
+    )
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 //! * [`resp`]: RESP pipelines and Redis Cluster slots (`encode_commands`, `hash_slot`, `hash_slots`)
 //! * [`checksum`]: SHA-256 of buffers and files (`sha256`, `sha256_file`, `Sha256Hasher`)
 //! * [`runs`]: run watermarks (`last_contiguous_run`, `max_attempted_run`, `run_gaps`)
-//! * [`snapshot`]: checkpoint files (`snapshot_write`, `snapshot_read`, `snapshot_verify`, `snapshot_info`)
+//! * [`records`]: Python records as three columns, framed on the fly for snapshots
+//! * [`snapshot`]: checkpoint files (`snapshot_write`, `snapshot_read`, `snapshot_load`, `snapshot_verify`,
+//!   `snapshot_info`)
 //! * [`errors`]: the `NativeError` type and its mapping to Python exceptions
 
 #![deny(unsafe_code)]
@@ -15,6 +17,7 @@
 pub mod checksum;
 pub mod errors;
 pub mod framing;
+pub mod records;
 pub mod resp;
 pub mod runs;
 pub mod snapshot;
@@ -38,6 +41,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<snapshot::PySnapshotInfo>()?;
     m.add_function(wrap_pyfunction!(snapshot::snapshot_write, m)?)?;
     m.add_function(wrap_pyfunction!(snapshot::snapshot_read, m)?)?;
+    m.add_function(wrap_pyfunction!(snapshot::snapshot_load, m)?)?;
     m.add_function(wrap_pyfunction!(snapshot::snapshot_verify, m)?)?;
     m.add_function(wrap_pyfunction!(snapshot::snapshot_info, m)?)?;
     Ok(())

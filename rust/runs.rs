@@ -10,7 +10,9 @@
 //! All three are O(n) (plus the size of the window for `run_gaps`), using a bitmap over the
 //! window above `last` rather than a hash set or a sort.
 
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
@@ -55,16 +57,21 @@ impl Bitmap {
     }
 
     /// Marks every `v` in `values` with `base < v <= base + len`, at offset `v - base - 1`.
-    fn mark_above(&mut self, base: i64, values: &[i64]) {
-        let len = self.len as u64;
-        for &v in values {
-            if v > base {
-                // v > base, so the true difference is in 1..=u64::MAX: no wrap-around.
-                let off = (v as u64).wrapping_sub(base as u64) - 1;
-                if off < len {
-                    if let Some(word) = self.words.get_mut((off / 64) as usize) {
-                        *word |= 1 << (off % 64);
-                    }
+    fn mark_above(&mut self, base: i64, values: impl Iterator<Item = i64>) {
+        for v in values {
+            self.mark_one(base, v);
+        }
+    }
+
+    /// Marks `v` if `base < v <= base + len`, at offset `v - base - 1`.
+    #[inline]
+    fn mark_one(&mut self, base: i64, v: i64) {
+        if v > base {
+            // v > base, so the true difference is in 1..=u64::MAX: no wrap-around.
+            let off = (v as u64).wrapping_sub(base as u64) - 1;
+            if off < self.len as u64 {
+                if let Some(word) = self.words.get_mut((off / 64) as usize) {
+                    *word |= 1 << (off % 64);
                 }
             }
         }
@@ -107,9 +114,20 @@ impl Bitmap {
 
 /// Advances `last` while `last + 1` is in `successful`; returns the final value.
 pub fn last_contiguous_run(last: i64, successful: &[i64]) -> i64 {
+    last_contiguous_run_of(last, successful.iter().copied())
+}
+
+/// [`last_contiguous_run`] over any sized sequence of run numbers (such as a buffer read in
+/// place).
+pub fn last_contiguous_run_of(last: i64, successful: impl ExactSizeIterator<Item = i64>) -> i64 {
     // A run of n distinct successors can only use values in last+1 ..= last+n.
     let mut bitmap = Bitmap::new(successful.len());
     bitmap.mark_above(last, successful);
+    advance(last, &bitmap)
+}
+
+/// `last` advanced by the marked offsets before the first unmarked one.
+fn advance(last: i64, bitmap: &Bitmap) -> i64 {
     let run = bitmap.leading_marked();
     // `run` values above `last` were found in `successful`, so the sum is an i64.
     let advanced = i128::from(last) + run as i128;
@@ -129,6 +147,15 @@ pub fn max_attempted_run(current: i64, attempted: &[i64]) -> i64 {
 /// MAX_GAPS` if more than `MAX_GAPS` runs are missing, which is refused before the bitmap is
 /// built.
 pub fn run_gaps(last: i64, successful: &[i64], bound: i64) -> Result<Vec<i64>, NativeError> {
+    run_gaps_of(last, successful.iter().copied(), bound)
+}
+
+/// [`run_gaps`] over any sized sequence of run numbers.
+pub fn run_gaps_of(
+    last: i64,
+    successful: impl ExactSizeIterator<Item = i64>,
+    bound: i64,
+) -> Result<Vec<i64>, NativeError> {
     let width = i128::from(bound) - i128::from(last);
     if width <= 0 {
         return Ok(Vec::new());
@@ -204,10 +231,59 @@ fn extract_tuple(tuple: &Bound<'_, PyTuple>, what: &str) -> PyResult<Vec<i64>> {
     Ok(out)
 }
 
+/// How far ahead [`read_exact_ints`] prefetches the int objects of a list.
+const PREFETCH_AHEAD: usize = 16;
+
+/// Reads a list made only of `int`s (exactly, not subclasses) that fit an `i64`, by index,
+/// handing each to `sink` and prefetching the int objects [`PREFETCH_AHEAD`] items ahead;
+/// false as soon as an item is anything else (the caller then takes the general path, which
+/// converts or reports it).
+///
+/// The list's items are wherever the ints were allocated: for run numbers collected as runs
+/// complete, in random order, so each read is a cache miss unless prefetched. This is the
+/// crate's one unsafe function: the limited API has no safe way to see an item's address
+/// without touching the item (pyo3's `get_item` increfs it, which is the cache miss).
+#[allow(unsafe_code)]
+fn for_each_exact_int(list: &Bound<'_, PyList>, mut sink: impl FnMut(i64)) -> bool {
+    let ptr = list.as_ptr();
+    let len = list.len();
+    // SAFETY: we hold the GIL for the whole loop and run no Python code in it (the checks
+    // and conversions below only read an exact int; nothing is allocated on the Python
+    // heap, so no GC runs either), so the list and its items cannot change or be freed: each
+    // index below `len` is in bounds and PyList_GetItem returns a valid borrowed pointer. A
+    // prefetch is only a hint: it never faults, whatever the address.
+    unsafe {
+        for index in 0..len {
+            #[cfg(target_arch = "x86_64")]
+            if let Some(ahead) = index.checked_add(PREFETCH_AHEAD).filter(|&i| i < len) {
+                let item = ffi::PyList_GetItem(ptr, ahead as ffi::Py_ssize_t);
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(item.cast());
+            }
+            let item = ffi::PyList_GetItem(ptr, index as ffi::Py_ssize_t);
+            if item.is_null() || ffi::PyLong_CheckExact(item) == 0 {
+                return false;
+            }
+            let mut overflow = 0;
+            let value = ffi::PyLong_AsLongLongAndOverflow(item, &mut overflow);
+            if overflow != 0 {
+                return false;
+            }
+            sink(value);
+        }
+    }
+    true
+}
+
+/// The values of a list of plain ints (see [`for_each_exact_int`]), or None.
+fn read_exact_ints(list: &Bound<'_, PyList>) -> Option<Vec<i64>> {
+    let mut out = Vec::with_capacity(list.len());
+    for_each_exact_int(list, |v| out.push(v)).then_some(out)
+}
+
 /// Extracts a list, tuple or other iterable of ints (a set works too).
 ///
-/// Lists go through the iterator protocol rather than indexing: under the limited API that is
-/// one interpreter call per item instead of three (size, get-item, incref).
+/// A list of plain ints is read by index with prefetching ([`read_exact_ints`]); any other
+/// list and other iterables go through the iterator protocol.
 fn extract_runs(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
     if let Ok(tuple) = obj.cast::<PyTuple>() {
         return extract_tuple(tuple, what);
@@ -219,7 +295,12 @@ fn extract_runs(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
         ))
     };
     let capacity = match obj.cast::<PyList>() {
-        Ok(list) => list.len(),
+        Ok(list) => {
+            if let Some(values) = read_exact_ints(list) {
+                return Ok(values);
+            }
+            list.len()
+        }
         Err(_) if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() => {
             return Err(not_ints())
         }
@@ -234,6 +315,20 @@ fn extract_runs(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
     Ok(out)
 }
 
+/// The run numbers of a C-contiguous buffer of 64-bit signed ints (`array('q')`, a numpy
+/// `int64` array, ...), read in place, or None if `obj` is not one.
+fn int64_buffer(obj: &Bound<'_, PyAny>) -> Option<PyBuffer<i64>> {
+    if obj.is_instance_of::<PyList>()
+        || obj.is_instance_of::<PyTuple>()
+        || obj.is_instance_of::<PyBytes>()
+    {
+        return None;
+    }
+    PyBuffer::<i64>::get(obj)
+        .ok()
+        .filter(|b| b.is_c_contiguous())
+}
+
 /// `last_contiguous_run(last, successful)` -> the advanced watermark.
 #[pyfunction]
 #[pyo3(name = "last_contiguous_run")]
@@ -242,6 +337,19 @@ pub fn py_last_contiguous_run(
     last: i64,
     successful: &Bound<'_, PyAny>,
 ) -> PyResult<i64> {
+    if let Some(buffer) = int64_buffer(successful) {
+        // Read in place, attached: the buffer's owner may let other threads write it.
+        if let Some(cells) = buffer.as_slice(py) {
+            return Ok(last_contiguous_run_of(last, cells.iter().map(|c| c.get())));
+        }
+    }
+    if let Ok(list) = successful.cast::<PyList>() {
+        // Mark the bitmap as the ints are read: no intermediate vector.
+        let mut bitmap = Bitmap::new(list.len());
+        if for_each_exact_int(list, |v| bitmap.mark_one(last, v)) {
+            return Ok(advance(last, &bitmap));
+        }
+    }
     let successful = extract_runs(successful, "successful")?;
     Ok(py.detach(|| last_contiguous_run(last, &successful)))
 }
@@ -254,6 +362,11 @@ pub fn py_max_attempted_run(
     current: i64,
     attempted: &Bound<'_, PyAny>,
 ) -> PyResult<i64> {
+    if let Some(buffer) = int64_buffer(attempted) {
+        if let Some(cells) = buffer.as_slice(py) {
+            return Ok(cells.iter().map(|c| c.get()).fold(current, i64::max));
+        }
+    }
     let attempted = extract_runs(attempted, "attempted")?;
     Ok(py.detach(|| max_attempted_run(current, &attempted)))
 }
@@ -267,6 +380,11 @@ pub fn py_run_gaps(
     successful: &Bound<'_, PyAny>,
     bound: i64,
 ) -> PyResult<Vec<i64>> {
+    if let Some(buffer) = int64_buffer(successful) {
+        if let Some(cells) = buffer.as_slice(py) {
+            return Ok(run_gaps_of(last, cells.iter().map(|c| c.get()), bound)?);
+        }
+    }
     let successful = extract_runs(successful, "successful")?;
     Ok(py.detach(|| run_gaps(last, &successful, bound))?)
 }

@@ -83,14 +83,15 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use sha2::{Digest, Sha256};
 
-use crate::checksum::{to_hex, type_name, FILE_CHUNK};
+use crate::checksum::{to_hex, FILE_CHUNK};
 use crate::errors::NativeError;
-use crate::framing::{self, BatchWriter};
+use crate::framing;
+use crate::records;
 
 /// First eight bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"SKSNAP\r\n";
@@ -565,6 +566,63 @@ impl Write for PipeWriter<'_> {
     }
 }
 
+/// A framed record batch to store, produced in pieces: a buffer ([`FramedBatch`]) or
+/// records framed on the fly ([`crate::records::Prepared`]).
+pub trait Framed: Sync {
+    /// Length of the framed batch.
+    fn framed_len(&self) -> u64;
+    /// Number of records.
+    fn count(&self) -> u64;
+    /// Hands the framed batch to `sink` in order, in pieces of about a MiB.
+    fn for_each_chunk(&self, sink: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()>;
+    /// At least the first `len` bytes of the framed batch (all of it if shorter).
+    fn head(&self, len: usize) -> Cow<'_, [u8]>;
+}
+
+/// An already framed batch of `count` records.
+pub struct FramedBatch<'a> {
+    /// The batch (`framing` layout).
+    pub batch: &'a [u8],
+    /// Its record count.
+    pub count: u64,
+}
+
+impl Framed for FramedBatch<'_> {
+    fn framed_len(&self) -> u64 {
+        self.batch.len() as u64
+    }
+
+    fn count(&self) -> u64 {
+        self.count
+    }
+
+    fn for_each_chunk(&self, sink: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+        self.batch.chunks(PIPE_CHUNK).try_for_each(sink)
+    }
+
+    fn head(&self, len: usize) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.batch[..self.batch.len().min(len)])
+    }
+}
+
+impl<K: AsRef<[u8]> + Sync, V: AsRef<[u8]> + Sync> Framed for crate::records::Prepared<'_, K, V> {
+    fn framed_len(&self) -> u64 {
+        crate::records::Prepared::framed_len(self)
+    }
+
+    fn count(&self) -> u64 {
+        crate::records::Prepared::count(self)
+    }
+
+    fn for_each_chunk(&self, sink: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+        crate::records::Prepared::for_each_chunk(self, sink)
+    }
+
+    fn head(&self, len: usize) -> Cow<'_, [u8]> {
+        Cow::Owned(crate::records::Prepared::head(self, len))
+    }
+}
+
 /// The zstd level for `batch` when the caller did not choose one: [`DEFAULT_LEVEL`], or
 /// [`FAST_LEVEL`] when level 1 shrinks a 1 MiB sample by less than a quarter.
 pub fn auto_level(batch: &[u8]) -> i32 {
@@ -577,19 +635,22 @@ pub fn auto_level(batch: &[u8]) -> i32 {
     }
 }
 
-/// Sends the payload of `batch` down `tx`: zstd-compressed pieces, or slices of the batch.
-fn produce<'a>(
-    batch: &'a [u8],
+/// Sends the payload of `framed` down `tx`: zstd-compressed pieces, or the framed pieces.
+/// Framing and compressing run on this thread; hashing and writing on the receiver's.
+fn produce(
+    framed: &dyn Framed,
     options: &Options,
-    tx: SyncSender<Cow<'a, [u8]>>,
+    tx: SyncSender<Cow<'_, [u8]>>,
 ) -> Result<(), WriteError> {
     match options.compression {
         Compression::None => {
-            for piece in batch.chunks(PIPE_CHUNK) {
-                if tx.send(Cow::Borrowed(piece)).is_err() {
-                    break; // the writer failed; its error is the one reported
-                }
-            }
+            let sent = framed.for_each_chunk(&mut |piece| {
+                tx.send(Cow::Owned(piece.to_vec())).map_err(|_| {
+                    io::Error::new(ErrorKind::BrokenPipe, "the writing thread stopped")
+                })
+            });
+            // A send fails only when the writer failed; its error is the one reported.
+            let _ = sent;
             Ok(())
         }
         Compression::Zstd => {
@@ -598,11 +659,13 @@ fn produce<'a>(
                 buf: Vec::with_capacity(PIPE_CHUNK),
             };
             let encode = || -> io::Result<()> {
-                let level = options.level.unwrap_or_else(|| auto_level(batch));
+                let level = options
+                    .level
+                    .unwrap_or_else(|| auto_level(&framed.head(SAMPLE_LEN)));
                 let mut encoder = zstd::stream::write::Encoder::new(pipe, level)?;
                 encoder.include_contentsize(true)?;
-                encoder.set_pledged_src_size(Some(batch.len() as u64))?;
-                encoder.write_all(batch)?;
+                encoder.set_pledged_src_size(Some(framed.framed_len()))?;
+                framed.for_each_chunk(&mut |piece| encoder.write_all(piece))?;
                 encoder.finish()?.flush()
             };
             match encode() {
@@ -618,16 +681,15 @@ fn produce<'a>(
 /// tag set).
 fn write_payload(
     file: &mut File,
-    batch: &[u8],
-    entry_count: u64,
+    framed: &dyn Framed,
     options: &Options<'_>,
 ) -> Result<Header, WriteError> {
     let mut header = Header {
         version: VERSION,
         compression: options.compression,
         created_at: options.created_at,
-        entry_count,
-        uncompressed_size: batch.len() as u64,
+        entry_count: framed.count(),
+        uncompressed_size: framed.framed_len(),
         payload_size: 0,
         digest: [0; 32],
         prefix: Some(options.prefix.to_owned()),
@@ -648,7 +710,7 @@ fn write_payload(
             }
             Ok((hasher, size))
         });
-        let produced = produce(batch, options, tx);
+        let produced = produce(framed, options, tx);
         (produced, writer.join())
     });
     let written = written
@@ -717,6 +779,34 @@ pub fn write_file(
     entry_count: u64,
     options: &Options<'_>,
 ) -> Result<Header, NativeError> {
+    check_options(options)?;
+    if !options.prefix.is_empty() {
+        // The prefix is recorded as a promise readers check: keep it.
+        let prefix = options.prefix.as_bytes();
+        for (index, record) in framing::open(batch)?.records().enumerate() {
+            let key = record?.key;
+            if !key.starts_with(prefix) {
+                return Err(NativeError::invalid(format!(
+                    "record {index}: key {} does not start with the snapshot's prefix {}",
+                    escape(key),
+                    escape(prefix)
+                )));
+            }
+        }
+    }
+    write_framed(
+        path,
+        &FramedBatch {
+            batch,
+            count: entry_count,
+        },
+        options,
+        false,
+    )
+}
+
+/// Checks the options of a write (creation time, prefix length, signing key).
+pub fn check_options(options: &Options<'_>) -> Result<(), NativeError> {
     if !(0.0..=MAX_CREATED_AT).contains(&options.created_at) {
         return Err(NativeError::invalid(format!(
             "created_at must be a finite unix time from 1970 to 9999, got {}",
@@ -732,20 +822,21 @@ pub fn write_file(
     if let Some(key) = options.signing_key {
         check_signing_key(key)?;
     }
-    if !options.prefix.is_empty() {
-        // The prefix is recorded as a promise readers check: keep it.
-        let prefix = options.prefix.as_bytes();
-        for (index, record) in framing::open(batch)?.records().enumerate() {
-            let key = record?.key;
-            if !key.starts_with(prefix) {
-                return Err(NativeError::invalid(format!(
-                    "record {index}: key {} does not start with the snapshot's prefix {}",
-                    escape(key),
-                    escape(prefix)
-                )));
-            }
-        }
-    }
+    Ok(())
+}
+
+/// Writes a snapshot of `framed` to `path`, atomically and durably, once [`check_options`]
+/// passed and every key is known to start with the prefix; returns its header.
+///
+/// With `verify`, the written file is read back and checked as [`verify_file`] does (header,
+/// SHA-256 over the stored bytes, signature) before it is renamed into place, while another
+/// thread fsyncs it: a file that does not verify never replaces the target.
+pub fn write_framed(
+    path: &Path,
+    framed: &dyn Framed,
+    options: &Options<'_>,
+    verify: bool,
+) -> Result<Header, NativeError> {
     let tmp = temp_path(path)?;
     let written = (|| -> Result<Header, WriteError> {
         let mut file = OpenOptions::new()
@@ -753,8 +844,28 @@ pub fn write_file(
             .create_new(true)
             .open(&tmp)
             .map_err(WriteError::Io)?;
-        let header = write_payload(&mut file, batch, entry_count, options)?;
-        file.sync_all().map_err(WriteError::Io)?;
+        let header = write_payload(&mut file, framed, options)?;
+        if verify {
+            let (synced, verified) = std::thread::scope(|s| {
+                let syncing = s.spawn(|| file.sync_all());
+                let verified = verify_file(&tmp, false, options.signing_key);
+                (syncing.join(), verified)
+            });
+            synced
+                .map_err(|_| WriteError::Io(io::Error::other("the fsync thread panicked")))?
+                .map_err(WriteError::Io)?;
+            let read_back = verified.map_err(WriteError::Encode)?;
+            if read_back != header {
+                return Err(WriteError::Encode(NativeError::corrupt(format!(
+                    "the file written to {} reads back with another header (checksum {}, expected {})",
+                    tmp.display(),
+                    read_back.checksum(),
+                    header.checksum()
+                ))));
+            }
+        } else {
+            file.sync_all().map_err(WriteError::Io)?;
+        }
         drop(file);
         fs::rename(&tmp, path).map_err(WriteError::Io)?;
         Ok(header)
@@ -816,14 +927,25 @@ pub struct Rules<'a> {
 }
 
 impl Decoded {
+    /// Checks the CRC-32 of the batch.
+    pub fn check_crc(&self) -> Result<(), NativeError> {
+        let data = self.batch();
+        let batch = framing::open_unchecked_crc(data)?;
+        framing::check_crc(data, &batch)
+            .map_err(|e| NativeError::corrupt(format!("snapshot records are invalid: {e}")))
+    }
+
     /// The framed record batch.
     pub fn batch(&self) -> &[u8] {
         self.buf.get(self.start..).unwrap_or_default()
     }
 
     /// Walks every record once, checking it against `rules` (see [`Rules`]).
+    ///
+    /// The batch's CRC-32 is not checked again: [`decode`] checked it (or, for
+    /// [`decode_unchecked_crc`], the caller does).
     pub fn scan(&self, rules: &Rules<'_>) -> Result<Scan, NativeError> {
-        let batch = framing::open(self.batch())?;
+        let batch = framing::open_unchecked_crc(self.batch())?;
         let recorded = self
             .header
             .prefix
@@ -930,6 +1052,15 @@ fn decompress(payload: &[u8], size: u64) -> Result<Vec<u8>, NativeError> {
 /// bytes, and only then is anything decompressed (a damaged or forged file is refused
 /// before it can make us allocate), into a buffer of the declared size.
 pub fn decode(data: Vec<u8>, key: Option<&[u8]>) -> Result<Decoded, NativeError> {
+    let decoded = decode_unchecked_crc(data, key)?;
+    decoded.check_crc()?;
+    Ok(decoded)
+}
+
+/// [`decode`] without the batch's CRC-32 check: the caller runs [`Decoded::check_crc`]
+/// (`snapshot_load` does, on another thread, while it builds Python objects it drops on
+/// failure). The digest and the signature have still been checked before decompressing.
+pub fn decode_unchecked_crc(data: Vec<u8>, key: Option<&[u8]>) -> Result<Decoded, NativeError> {
     let header = Header::parse(&data, data.len() as u64)?;
     check_stored_bytes(&header, &data, key)?;
     let offset = header.payload_offset();
@@ -950,7 +1081,7 @@ pub fn decode(data: Vec<u8>, key: Option<&[u8]>) -> Result<Decoded, NativeError>
             decoded.header.uncompressed_size
         )));
     }
-    let batch = framing::open(batch_bytes)
+    let batch = framing::open_unchecked_crc(batch_bytes)
         .map_err(|e| NativeError::corrupt(format!("snapshot records are invalid: {e}")))?;
     if batch.count() != decoded.header.entry_count {
         return Err(NativeError::corrupt(format!(
@@ -1044,6 +1175,13 @@ fn read_head(
 
 /// Reads and verifies the snapshot at `path`, records not yet walked (see [`Decoded::scan`]).
 pub fn read_file(path: &Path, key: Option<&[u8]>) -> Result<Decoded, NativeError> {
+    let decoded = read_file_unchecked_crc(path, key)?;
+    decoded.check_crc().map_err(in_file(path))?;
+    Ok(decoded)
+}
+
+/// [`read_file`] without the batch's CRC-32 check (see [`decode_unchecked_crc`]).
+pub fn read_file_unchecked_crc(path: &Path, key: Option<&[u8]>) -> Result<Decoded, NativeError> {
     let (mut file, file_len) = open_regular(path)?;
     // The header first: a file that is not a snapshot is refused without reading it all.
     let (_, head) = read_head(&mut file, path, file_len)?;
@@ -1065,7 +1203,7 @@ pub fn read_file(path: &Path, key: Option<&[u8]>) -> Result<Decoded, NativeError
         .take(rest)
         .read_to_end(&mut data)
         .map_err(io_error(path))?;
-    decode(data, key).map_err(in_file(path))
+    decode_unchecked_crc(data, key).map_err(in_file(path))
 }
 
 /// Reads the snapshot at `path` and checks everything, every record included.
@@ -1075,13 +1213,18 @@ pub fn check_file(
     key: Option<&[u8]>,
 ) -> Result<(Decoded, Scan), NativeError> {
     let decoded = read_file(path, key)?;
-    let scan = decoded.scan(rules).map_err(|e| match e {
+    let scan = scan_file(path, &decoded, rules)?;
+    Ok((decoded, scan))
+}
+
+/// [`Decoded::scan`] of the file at `path`, errors naming it.
+fn scan_file(path: &Path, decoded: &Decoded, rules: &Rules<'_>) -> Result<Scan, NativeError> {
+    decoded.scan(rules).map_err(|e| match e {
         NativeError::InvalidArgument(msg) => {
             NativeError::invalid(format!("checkpoint file {}: {msg}", path.display()))
         }
         other => in_file(path)(other),
-    })?;
-    Ok((decoded, scan))
+    })
 }
 
 /// Reads the header of the snapshot at `path` without hashing (checks its shape and size).
@@ -1190,67 +1333,8 @@ impl PySnapshotInfo {
     }
 }
 
-const RECORD_SHAPE: &str = "a (key: str | bytes, value: bytes, expires_at: float | None) tuple";
-
-fn push_record(writer: &mut BatchWriter, item: &Bound<'_, PyAny>, index: usize) -> PyResult<()> {
-    let Ok(tuple) = item.cast::<PyTuple>() else {
-        return Err(PyTypeError::new_err(format!(
-            "record {index} must be {RECORD_SHAPE}, got {}",
-            type_name(item)
-        )));
-    };
-    if tuple.len() != 3 {
-        return Err(PyTypeError::new_err(format!(
-            "record {index} must be {RECORD_SHAPE}, got a tuple of length {}",
-            tuple.len()
-        )));
-    }
-    let (key, value, expiry) = (
-        tuple.get_borrowed_item(0)?,
-        tuple.get_borrowed_item(1)?,
-        tuple.get_borrowed_item(2)?,
-    );
-    push_fields(writer, &key, &value, Some(&expiry), index)
-}
-
-/// Appends one record from its fields; `expiry` None stands for Python's None.
-fn push_fields(
-    writer: &mut BatchWriter,
-    key: &Bound<'_, PyAny>,
-    value: &Bound<'_, PyAny>,
-    expiry: Option<&Bound<'_, PyAny>>,
-    index: usize,
-) -> PyResult<()> {
-    let key_bytes: &[u8] = if let Ok(s) = key.cast::<PyString>() {
-        s.to_str()?.as_bytes()
-    } else if let Ok(b) = key.cast::<PyBytes>() {
-        b.as_bytes()
-    } else {
-        return Err(PyTypeError::new_err(format!(
-            "record {index}: key must be str or bytes, got {}",
-            type_name(key)
-        )));
-    };
-    let Ok(value) = value.cast::<PyBytes>() else {
-        return Err(PyTypeError::new_err(format!(
-            "record {index}: value must be bytes, got {}",
-            type_name(value)
-        )));
-    };
-    let expires_at = match expiry {
-        Some(e) if !e.is_none() => Some(e.extract::<f64>().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "record {index}: expires_at must be a float or None, got {}",
-                type_name(e)
-            ))
-        })?),
-        _ => None,
-    };
-    Ok(writer.push(key_bytes, value.as_bytes(), expires_at)?)
-}
-
 /// `keys`, `values` and `expires_at` of a column-wise record set.
-type PyColumns<'py> = (
+type PyColumnLists<'py> = (
     Bound<'py, PyList>,
     Bound<'py, PyList>,
     Option<Bound<'py, PyList>>,
@@ -1258,7 +1342,7 @@ type PyColumns<'py> = (
 
 /// The `keys`, `values` and `expires_at` lists of a column-wise record set (such as
 /// `statekit.backends.base.ItemColumns`), or None if `records` is not one.
-fn columns_of<'py>(records: &Bound<'py, PyAny>) -> Option<PyColumns<'py>> {
+fn columns_of<'py>(records: &Bound<'py, PyAny>) -> Option<PyColumnLists<'py>> {
     if records.is_instance_of::<PyList>() || records.is_instance_of::<PyTuple>() {
         return None;
     }
@@ -1270,118 +1354,6 @@ fn columns_of<'py>(records: &Bound<'py, PyAny>) -> Option<PyColumns<'py>> {
         return Some((keys, values, None));
     }
     Some((keys, values, Some(expires.cast_into::<PyList>().ok()?)))
-}
-
-/// Appends every record of column-wise records; returns the count.
-fn push_columns(
-    writer: &mut BatchWriter,
-    (keys, values, expires): &PyColumns<'_>,
-) -> PyResult<u64> {
-    let len = keys.len();
-    let mismatch = |what: &str, n: usize| {
-        PyValueError::new_err(format!("records has {len} keys but {n} {what}"))
-    };
-    if values.len() != len {
-        return Err(mismatch("values", values.len()));
-    }
-    if let Some(expires) = expires {
-        if expires.len() != len {
-            return Err(mismatch("expiries", expires.len()));
-        }
-    }
-    let mut index = 0;
-    // By index, re-checking the lengths: converting an expiry (a float subclass) could run
-    // Python code that changes the lists.
-    while index < keys.len() && index < values.len() {
-        let (key, value) = (keys.get_item(index)?, values.get_item(index)?);
-        let expiry = match expires {
-            Some(e) if index < e.len() => Some(e.get_item(index)?),
-            Some(_) => return Err(mismatch("expiries", index)),
-            None => None,
-        };
-        push_fields(writer, &key, &value, expiry.as_ref(), index)?;
-        index += 1;
-    }
-    Ok(index as u64)
-}
-
-/// Copies Python records into a batch writer (attached), returning the writer and the count.
-fn collect_records(records: &Bound<'_, PyAny>) -> PyResult<(BatchWriter, u64)> {
-    if records.is_instance_of::<PyBytes>() || records.is_instance_of::<PyString>() {
-        return Err(PyTypeError::new_err(format!(
-            "records must be a sequence of {RECORD_SHAPE}s, got {}",
-            type_name(records)
-        )));
-    }
-    if let Some(columns) = columns_of(records) {
-        let len = columns.0.len();
-        let per_record = match len {
-            0 => 0,
-            _ => 17 + field_len(&columns.0.get_item(0)?) + field_len(&columns.1.get_item(0)?),
-        };
-        let mut writer = BatchWriter::with_capacity(
-            len.saturating_mul(per_record + per_record / 8)
-                .min(framing::MAX_PREALLOC),
-        );
-        let count = push_columns(&mut writer, &columns)?;
-        return Ok((writer, count));
-    }
-    let mut count: u64 = 0;
-    if let Ok(list) = records.cast::<PyList>() {
-        // Records are usually alike: size the buffer from the first one (plus an eighth).
-        let per_record = match list.len() {
-            0 => 0,
-            _ => estimate_size(&list.get_item(0)?),
-        };
-        let mut writer = BatchWriter::with_capacity(
-            list.len()
-                .saturating_mul(per_record + per_record / 8)
-                .min(framing::MAX_PREALLOC),
-        );
-        let mut index = 0;
-        // By index, re-reading the length: converting an expiry (a float subclass) could
-        // run Python code that changes the list.
-        while index < list.len() {
-            push_record(&mut writer, &list.get_item(index)?, index)?;
-            index += 1;
-            count += 1;
-        }
-        Ok((writer, count))
-    } else {
-        let mut writer = BatchWriter::default();
-        let iter = records.try_iter().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "records must be an iterable of {RECORD_SHAPE}s, got {}",
-                type_name(records)
-            ))
-        })?;
-        for (index, item) in iter.enumerate() {
-            push_record(&mut writer, &item?, index)?;
-            count += 1;
-        }
-        Ok((writer, count))
-    }
-}
-
-/// Length of a `str` (as UTF-8) or `bytes` field; 0 for anything else.
-fn field_len(field: &Bound<'_, PyAny>) -> usize {
-    if let Ok(s) = field.cast::<PyString>() {
-        s.to_str().map_or(0, str::len)
-    } else if let Ok(b) = field.cast::<PyBytes>() {
-        b.as_bytes().len()
-    } else {
-        0
-    }
-}
-
-/// Encoded size of one record, if it has the expected shape (0 otherwise).
-fn estimate_size(item: &Bound<'_, PyAny>) -> usize {
-    let Ok(tuple) = item.cast::<PyTuple>() else {
-        return 0;
-    };
-    let len = |i: usize| tuple.get_borrowed_item(i).map_or(0, |f| field_len(&f));
-    // key_len u32 + value_len u32 + flag u8 + expiry f64, then key and value.
-    17 + len(0) + len(1)
 }
 
 fn now_unix() -> f64 {
@@ -1400,9 +1372,9 @@ fn signing_key_of(key: Option<&[u8]>) -> PyResult<Option<&[u8]>> {
 }
 
 /// `snapshot_write(path, records, *, compress=True, level=None, created_at=None, prefix="",
-/// signing_key=None)` -> info.
+/// signing_key=None, verify=False)` -> info.
 #[pyfunction]
-#[pyo3(signature = (path, records, *, compress = true, level = None, created_at = None, prefix = "", signing_key = None))]
+#[pyo3(signature = (path, records, *, compress = true, level = None, created_at = None, prefix = "", signing_key = None, verify = false))]
 #[allow(clippy::too_many_arguments)]
 pub fn snapshot_write(
     py: Python<'_>,
@@ -1413,6 +1385,7 @@ pub fn snapshot_write(
     created_at: Option<f64>,
     prefix: &str,
     signing_key: Option<&[u8]>,
+    verify: bool,
 ) -> PyResult<PySnapshotInfo> {
     if let Some(level) = level.filter(|l| !(1..=MAX_LEVEL).contains(l)) {
         return Err(PyValueError::new_err(format!(
@@ -1430,9 +1403,20 @@ pub fn snapshot_write(
         prefix,
         signing_key: signing_key_of(signing_key)?,
     };
-    let (writer, count) = collect_records(records)?;
-    let header = py.detach(|| write_file(&path, &writer.finish(), count, &options))?;
-    Ok(PySnapshotInfo::from(&header))
+    let columns = match columns_of(records) {
+        Some((keys, values, expires)) => {
+            records::columns_from_lists(&keys, &values, expires.as_ref())?
+        }
+        None => records::columns_from_items(records)?,
+    };
+    let header = py.detach(|| {
+        check_options(&options)?;
+        let prepared = columns.prepare(options.prefix.as_bytes())?;
+        write_framed(&path, &prepared, &options, verify)
+    });
+    // The references to the keys and values are released here, attached.
+    drop(columns);
+    Ok(PySnapshotInfo::from(&header?))
 }
 
 /// `snapshot_info(path)` -> header of a snapshot, checked for shape and size, not hashed.
@@ -1516,6 +1500,96 @@ pub fn snapshot_read<'py>(
         PyList::new(py, values)?,
         expires,
     ))
+}
+
+/// What `snapshot_load` returns: the header, `{key: value}`, `{key: expires_at}` for the
+/// keys that expire (None when none does), and the total size of the values.
+type Loaded<'py> = (
+    PySnapshotInfo,
+    Bound<'py, PyDict>,
+    Option<Bound<'py, PyDict>>,
+    u64,
+);
+
+/// The records of `decoded` as `({key: value}, {key: expires_at} | None, value_bytes)`.
+fn build_mapping<'py>(
+    py: Python<'py>,
+    decoded: &Decoded,
+) -> PyResult<(Bound<'py, PyDict>, Option<Bound<'py, PyDict>>, u64)> {
+    let batch = framing::open_unchecked_crc(decoded.batch())?;
+    let items = PyDict::new(py);
+    let mut expires: Option<Bound<'py, PyDict>> = None;
+    let mut value_bytes: u64 = 0;
+    for record in batch.records() {
+        let r = record?;
+        let text = std::str::from_utf8(r.key)
+            .map_err(|e| PyValueError::new_err(format!("key is not UTF-8: {e}")))?;
+        let key = PyString::new(py, text);
+        value_bytes += r.value.len() as u64;
+        match (r.expires_at, &expires) {
+            (Some(at), Some(e)) => e.set_item(&key, at)?,
+            (Some(at), None) => {
+                let e = PyDict::new(py);
+                e.set_item(&key, at)?;
+                expires = Some(e);
+            }
+            // A later record of the same key without an expiry drops the earlier one's.
+            (None, Some(e)) => {
+                if e.contains(&key)? {
+                    e.del_item(&key)?;
+                }
+            }
+            (None, None) => {}
+        }
+        items.set_item(key, PyBytes::new(py, r.value))?;
+    }
+    Ok((items, expires, value_bytes))
+}
+
+/// `snapshot_load(path, *, reserved_prefix, require_prefix=None, signing_key=None)` ->
+/// `(info, {key: value}, {key: expires_at} | None, value_bytes)`.
+///
+/// The same checks as `snapshot_read` with `str_keys=True` and the same `reserved_prefix`
+/// rule (the header, the SHA-256 and the signature over the stored bytes before anything is
+/// decompressed, then every record and every key), all before a Python object is made; the
+/// records then go straight into a dict (a later record of the same key wins, as in a
+/// backend), without the two intermediate lists.
+#[pyfunction]
+#[pyo3(signature = (path, *, reserved_prefix, require_prefix = None, signing_key = None))]
+pub fn snapshot_load<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    reserved_prefix: &str,
+    require_prefix: Option<&str>,
+    signing_key: Option<&[u8]>,
+) -> PyResult<Loaded<'py>> {
+    let key = signing_key_of(signing_key)?;
+    let rules = Rules {
+        str_keys: true,
+        require_prefix: require_prefix.map(str::as_bytes).filter(|p| !p.is_empty()),
+        reserved_prefix: Some(reserved_prefix.as_bytes()),
+    };
+    let decoded = py.detach(|| read_file_unchecked_crc(&path, key))?;
+    // The digest and the signature verified; now the batch's CRC and every record's checks
+    // run on another thread while this one builds the dicts, which are dropped if they fail.
+    let (built, checked) = std::thread::scope(|s| {
+        let checker = s.spawn(|| {
+            decoded.check_crc().map_err(in_file(&path))?;
+            scan_file(&path, &decoded, &rules)
+        });
+        let built = build_mapping(py, &decoded);
+        let checked = py.detach(|| checker.join());
+        (built, checked)
+    });
+    match checked {
+        Ok(Ok(_)) => {}
+        Ok(Err(err)) => return Err(err.into()),
+        Err(_) => return Err(NativeError::invalid("the snapshot checking thread panicked").into()),
+    }
+    let (items, expires, value_bytes) = built?;
+    let info = PySnapshotInfo::from(&decoded.header);
+    drop(decoded);
+    Ok((info, items, expires, value_bytes))
 }
 
 #[cfg(test)]
@@ -1940,8 +2014,15 @@ mod tests {
         assert!(matches!(err, Err(NativeError::InvalidArgument(m)) if m.contains("prefix")));
         // ...and a file that breaks the promise anyway is corrupt.
         let mut file = File::create(dir.0.join("y.ckpt")).expect("create");
-        write_payload(&mut file, &batch, 4, &signed("job:", None))
-            .unwrap_or_else(|_| panic!("write"));
+        write_payload(
+            &mut file,
+            &FramedBatch {
+                batch: &batch,
+                count: 4,
+            },
+            &signed("job:", None),
+        )
+        .unwrap_or_else(|_| panic!("write"));
         drop(file);
         let msg = corrupt_message(check_file(&dir.0.join("y.ckpt"), &Rules::default(), None));
         assert!(msg.contains("outside the prefix"), "{msg}");

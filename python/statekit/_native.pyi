@@ -28,6 +28,7 @@ __all__ = [
     "sha256",
     "sha256_file",
     "snapshot_info",
+    "snapshot_load",
     "snapshot_read",
     "snapshot_verify",
     "snapshot_write",
@@ -182,6 +183,7 @@ def snapshot_write(
     created_at: float | None = None,
     prefix: str = "",
     signing_key: bytes | None = None,
+    verify: bool = False,
 ) -> SnapshotInfo:
     """Write a snapshot file of ``(key, value, expires_at)`` records, atomically and durably.
 
@@ -207,11 +209,14 @@ def snapshot_write(
     The SHA-256 detects accidents only (anyone who can write the file can recompute it); the
     HMAC detects tampering by anyone who does not hold the key.
 
-    The records are read once while attached; the CRC, compression, hashing and the write run
-    with the GIL released (compression on this thread, hashing and writing on a second one).
+    While attached, a reference to every key and value is taken (one pass, no copy); the
+    framing, the CRC (two threads), compression, hashing and the write run with the GIL
+    released (framing and compression on this thread, hashing and writing on a second one).
     The file is written to ``.{name}.{pid}.{n}.tmp`` in the same directory, fsynced, renamed
     over ``path``, and the directory is fsynced; on failure the temporary file is removed and
-    ``path`` is untouched.
+    ``path`` is untouched. With ``verify``, the temporary file is also read back and checked
+    as ``snapshot_verify(deep=False)`` does (while another thread fsyncs it) before it
+    replaces ``path``; a file that does not verify raises ``CorruptData`` and is removed.
 
     Raises:
         TypeError: a record is not a 3-tuple of ``str | bytes``, ``bytes``, ``float | None``.
@@ -219,6 +224,7 @@ def snapshot_write(
             key or value of 4 GiB or more, a key outside ``prefix``, a prefix over 4096 bytes,
             or a ``signing_key`` shorter than 16 bytes.
         OSError: the file cannot be written (``.filename`` is the path).
+        statekit.errors.CorruptData: with ``verify``, the file read back does not verify.
     """
 
 def snapshot_read(
@@ -248,6 +254,30 @@ def snapshot_read(
             holds an invalid key (the message names the file and the problem).
         ValueError: a key is not UTF-8 (with ``str_keys``) or does not start with
             ``require_prefix``; ``signing_key`` is shorter than 16 bytes.
+        OSError: the file cannot be read.
+    """
+
+def snapshot_load(
+    path: str | os.PathLike[str],
+    *,
+    reserved_prefix: str,
+    require_prefix: str | None = None,
+    signing_key: bytes | None = None,
+) -> tuple[SnapshotInfo, dict[str, bytes], dict[str, float] | None, int]:
+    """Verify a snapshot file like :func:`snapshot_read` (``str_keys=True``, the same
+    ``reserved_prefix`` rule), then return its records as a dict, for a bulk load.
+
+    Returns ``(info, items, expires, value_bytes)``: ``{key: value}`` (a later record of a key
+    wins), ``{key: expires_at}`` for the keys whose last record expires (``None`` when no
+    record expires), and the total size of the values. The header, the SHA-256 and the HMAC
+    are checked over the stored bytes before anything is decompressed; the batch's CRC and
+    every record are checked on a second thread while the dicts are built, and the dicts are
+    dropped (nothing is returned) if any check fails.
+
+    Raises:
+        statekit.errors.CorruptData: as :func:`snapshot_read`.
+        ValueError: a key does not start with ``require_prefix``; ``signing_key`` is shorter
+            than 16 bytes.
         OSError: the file cannot be read.
     """
 
@@ -283,7 +313,9 @@ def last_contiguous_run(last: int, successful: Iterable[int]) -> int:
     """Advance ``last`` while ``last + 1`` is in ``successful``; return the final value.
 
     ``successful`` may be in any order and hold duplicates; numbers ``<= last`` are ignored.
-    ``last_contiguous_run(103, [104, 106, 107]) == 104``.
+    ``last_contiguous_run(103, [104, 106, 107]) == 104``. A C-contiguous buffer of 64-bit
+    signed ints (``array('q')``, a numpy ``int64`` array) is read in place, without
+    converting each item (the same holds for ``max_attempted_run`` and ``run_gaps``).
 
     Raises:
         TypeError: an item is not an ``int``.

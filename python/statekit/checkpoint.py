@@ -110,6 +110,7 @@ from typing import Any, Final, Self
 from statekit import _native
 from statekit._utils.durations import to_seconds
 from statekit.backends.base import RESERVED_KEY_PREFIX, ItemColumns, StateBackend
+from statekit.backends.memory import MemoryStateBackend
 from statekit.errors import CheckpointFailed, ConfigError, CorruptData, RestoreFailed, StateError
 from statekit.store import KeyValueStore
 
@@ -622,12 +623,11 @@ class CheckpointCoordinator:
                 created_at=micros / 1_000_000,
                 prefix=self._prefix,
                 signing_key=options.signing_key,
+                # Read the file back before it replaces anything: what is on disk must hash
+                # (and be signed) as written.
+                verify=True,
             )
             del items
-            # Read the file back: what is on disk must hash (and be signed) as written.
-            await asyncio.to_thread(
-                _native.snapshot_verify, path, deep=False, signing_key=options.signing_key
-            )
         except (OSError, StateError, ValueError, TypeError) as exc:
             self._failures += 1
             if isinstance(exc, CorruptData):
@@ -910,7 +910,11 @@ class CheckpointCoordinator:
             self._last_restore = RestoreResult(None)
             for checkpoint_id in reversed(ids):
                 try:
-                    loaded = await self._load(checkpoint_id, _Rules(all_keys, force_prefix, recorded_prefix))
+                    loaded = await self._load(
+                        checkpoint_id,
+                        _Rules(all_keys, force_prefix, recorded_prefix),
+                        bulk=self._bulk(on_progress),
+                    )
                 except _Unusable as bad:
                     set_aside.append(self._put_aside(checkpoint_id, bad.error))
                     self._last_restore = RestoreResult(None, tuple(set_aside))
@@ -956,7 +960,11 @@ class CheckpointCoordinator:
         async with self._lock:
             self._last_restore = RestoreResult(None)
             try:
-                loaded = await self._load(checkpoint_id, _Rules(all_keys, force_prefix, recorded_prefix))
+                loaded = await self._load(
+                    checkpoint_id,
+                    _Rules(all_keys, force_prefix, recorded_prefix),
+                    bulk=self._bulk(on_progress),
+                )
             except _Unusable as bad:
                 aside = self._put_aside(checkpoint_id, bad.error)
                 self._last_restore = RestoreResult(None, (aside,))
@@ -1016,7 +1024,13 @@ class CheckpointCoordinator:
                 f"all {len(unusable)} failed verification"
             )
 
+    def _bulk(self, on_progress: ProgressCallback | None) -> bool:
+        """Whether a restore hands the backend a dict for a bulk load: the memory backend
+        can (``_replace_prefix_loaded``), when no progress is reported item by item."""
+        return on_progress is None and isinstance(self._backend, MemoryStateBackend)
+
     async def _plan(self, loaded: _Loaded, unusable: tuple[SetAside, ...]) -> RestorePlan:
+        assert isinstance(loaded.columns, ItemColumns)  # plan_restore never loads in bulk
         now = time.time()
         expires = loaded.columns.expires_at
         if expires is None:
@@ -1095,8 +1109,13 @@ class CheckpointCoordinator:
             )
         return prefix
 
-    async def _load(self, checkpoint_id: str, rules: _Rules, *, counted: bool = True) -> _Loaded:
+    async def _load(
+        self, checkpoint_id: str, rules: _Rules, *, counted: bool = True, bulk: bool = False
+    ) -> _Loaded:
         """Verify one checkpoint completely and decide what it replaces; writes nothing.
+
+        With ``bulk``, the content is read as a dict for the backend's bulk load (see
+        :meth:`_bulk`); the checks are the same.
 
         Raises:
             _Unusable: the file itself failed (CorruptData: checksum, signature, header,
@@ -1130,13 +1149,24 @@ class CheckpointCoordinator:
         try:
             # Everything is checked before a single key is written: header, SHA-256, signature,
             # every record, and every key (valid statekit key, under the scope).
-            info, keys, values, expires = await asyncio.to_thread(
-                _native.snapshot_read,
-                path,
-                require_prefix=scope or None,
-                reserved_prefix=RESERVED_KEY_PREFIX,
-                signing_key=key,
-            )
+            if bulk:
+                info, items, expiries, value_bytes = await asyncio.to_thread(
+                    _native.snapshot_load,
+                    path,
+                    require_prefix=scope or None,
+                    reserved_prefix=RESERVED_KEY_PREFIX,
+                    signing_key=key,
+                )
+                content: ItemColumns | _Mapping = _Mapping(items, expiries, value_bytes)
+            else:
+                info, keys, values, expires = await asyncio.to_thread(
+                    _native.snapshot_read,
+                    path,
+                    require_prefix=scope or None,
+                    reserved_prefix=RESERVED_KEY_PREFIX,
+                    signing_key=key,
+                )
+                content = ItemColumns(keys, values, expires)
         except FileNotFoundError:
             raise refuse(f"no checkpoint {checkpoint_id} in {where!r}") from None
         except (CorruptData, OSError) as exc:
@@ -1148,16 +1178,20 @@ class CheckpointCoordinator:
         if info.checksum != header.checksum:
             # Replaced between the two reads: treat the newer content as unverified.
             raise _Unusable(CorruptData(f"checkpoint {checkpoint_id} changed while it was being read"))
-        return _Loaded(checkpoint_id, info, scope, ItemColumns(keys, values, expires))
+        return _Loaded(checkpoint_id, info, scope, content)
 
     async def _apply(self, loaded: _Loaded, on_progress: ProgressCallback | None) -> None:
         """Write a verified checkpoint into the backend."""
-        columns: ItemColumns = loaded.columns
-        total = len(columns)
-        if on_progress is not None:
-            columns = _ProgressColumns(columns, on_progress)
+        content = loaded.columns
         try:
-            await self._backend.replace_prefix(loaded.scope, columns)
+            if isinstance(content, _Mapping):
+                total = len(content.items)
+                load = self._backend._replace_prefix_loaded  # type: ignore[attr-defined]
+                await load(loaded.scope, content.items, content.expires, content.value_bytes)
+            else:
+                total = len(content)
+                columns = content if on_progress is None else _ProgressColumns(content, on_progress)
+                await self._backend.replace_prefix(loaded.scope, columns)
         except (StateError, ValueError) as exc:
             self._restore_failures += 1
             backend_type = self._backend.backend_type
@@ -1207,7 +1241,16 @@ class _Loaded:
     checkpoint_id: str
     info: _native.SnapshotInfo
     scope: str
-    columns: ItemColumns
+    columns: ItemColumns | _Mapping
+
+
+@dataclass(frozen=True, slots=True)
+class _Mapping:
+    """A verified checkpoint's content read for a bulk load (``_native.snapshot_load``)."""
+
+    items: dict[str, bytes]
+    expires: dict[str, float] | None
+    value_bytes: int
 
 
 class _Unusable(Exception):  # an internal signal: never escapes the coordinator

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+from array import array
 
 import pytest
 from hypothesis import given, settings
@@ -151,3 +152,71 @@ def test_ten_million_runs() -> None:
     successful.reverse()
     assert _native.last_contiguous_run(0, successful) == n // 2
     assert _native.run_gaps(0, successful, n) == [n // 2 + 1]
+
+
+# -- the fast paths: lists of plain ints read by index (prefetched), int64 buffers in place --
+
+
+class Int(int):
+    """An int subclass: the list fast path leaves it to the general path."""
+
+
+def _shapes(values: list[int]) -> list[object]:
+    """The same run numbers in every shape the kernels take."""
+    shapes: list[object] = [values, tuple(values), iter(values)]
+    if all(I64_MIN <= v <= I64_MAX for v in values):
+        shapes += [array("q", values), memoryview(array("q", values)), array("l", values)]
+    return shapes
+
+
+mixed = st.lists(
+    st.integers(-60, 120) | st.integers(-60, 120).map(Int) | st.booleans() | i64s | st.just(2**70),
+    max_size=60,
+)
+
+
+@given(lasts, runs_near, st.integers(-60, 200))
+def test_every_shape_matches_the_reference(last: int, successful: list[int], bound: int) -> None:
+    for shape in _shapes(successful):
+        assert _native.last_contiguous_run(last, shape) == reference.last_contiguous_run(last, successful)  # type: ignore[arg-type]
+    for shape in _shapes(successful):
+        assert _native.max_attempted_run(last, shape) == reference.max_attempted_run(last, successful)  # type: ignore[arg-type]
+    for shape in _shapes(successful):
+        assert _native.run_gaps(last, shape, bound) == reference.run_gaps(last, successful, bound)  # type: ignore[arg-type]
+
+
+@given(lasts, mixed)
+def test_lists_with_subclasses_bools_and_huge_ints(last: int, successful: list[int]) -> None:
+    """Anything but a plain int in a list takes the general path: same results, same errors."""
+
+    def outcome(fn: object, *args: object) -> object:
+        try:
+            return fn(*args)  # type: ignore[operator]
+        except (TypeError, ValueError) as exc:
+            return type(exc)
+
+    assert outcome(_native.last_contiguous_run, last, successful) == outcome(
+        _native.last_contiguous_run, last, iter(successful)
+    )
+    assert outcome(_native.max_attempted_run, last, successful) == outcome(
+        _native.max_attempted_run, last, iter(successful)
+    )
+    if all(isinstance(v, int) and I64_MIN <= v <= I64_MAX for v in successful):
+        assert _native.last_contiguous_run(last, successful) == reference.last_contiguous_run(
+            last, [int(v) for v in successful]
+        )
+
+
+def test_long_shuffled_lists_and_buffers() -> None:
+    rnd = random.Random(7)
+    runs = list(range(1_000, 301_000))
+    del runs[150_000]
+    rnd.shuffle(runs)
+    assert _native.last_contiguous_run(999, runs) == 150_999
+    assert _native.last_contiguous_run(999, array("q", runs)) == 150_999
+    assert _native.max_attempted_run(0, array("q", runs)) == 300_999
+    # Not int64: the general path (items converted one by one).
+    assert _native.last_contiguous_run(999, array("i", runs)) == 150_999
+    assert _native.last_contiguous_run(
+        999, memoryview(array("q", runs))[::2]
+    ) == reference.last_contiguous_run(999, runs[::2])
