@@ -1,0 +1,7 @@
+"""placeholder"""
+
+from statekit.locks._lease import LeaseLock
+
+
+class PostgresLock(LeaseLock):
+    pass
