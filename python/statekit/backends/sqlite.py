@@ -607,8 +607,8 @@ class SqliteStateBackend:
                 chunk = keys[i : i + _IN_CHUNK]
                 marks = ",".join("?" * len(chunk))
                 row = conn.execute(
-                    f"SELECT key, token FROM statekit_fences WHERE name = ? AND token > ? AND key IN ({marks}) "
-                    "LIMIT 1",
+                    "SELECT key, token FROM statekit_fences "
+                    f"WHERE name = ? AND token > ? AND key IN ({marks}) LIMIT 1",
                     (fence.name, fence.token, *chunk),
                 ).fetchone()
                 if row is not None:

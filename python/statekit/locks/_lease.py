@@ -9,15 +9,19 @@ PostgreSQL) is started by ``_start_keeper``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from statekit._fence import Fence
 from statekit.errors import ConfigError, LockExistsError, LockLost, NotInitialized, StateError
+
+if TYPE_CHECKING:
+    from statekit.locks._sync import SyncLock
 
 __all__ = ["LeaseLock", "OnLost"]
 
@@ -80,7 +84,7 @@ class LeaseLock:
 
     # -- acquire / release ---------------------------------------------------------------
 
-    async def acquire(self, blocking: bool = True, timeout: float | None = None) -> Fence:
+    async def acquire(self, blocking: bool = True, timeout: float | None = None) -> Fence:  # noqa: ASYNC109
         """Take the lock and return its :class:`Fence`.
 
         Args:
@@ -243,10 +247,8 @@ class LeaseLock:
     async def aclose(self) -> None:
         """Release if held (ignoring a loss) and close the connection."""
         if self._held:
-            try:
+            with contextlib.suppress(LockLost):
                 await self.release()
-            except LockLost:
-                pass
         await self._close_client()
 
     async def _close_client(self) -> None:
