@@ -105,16 +105,20 @@ class LeaseLock:
             raise ConfigError(f"timeout must be None or seconds >= 0, got {timeout!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = _POLL_START
-        while True:
-            fence = await self._acquire_once()
-            if fence is not None:
-                break
-            if not blocking or (deadline is not None and time.monotonic() >= deadline):
-                waited = "" if not blocking else f" for {timeout}s"
-                raise LockExistsError(f"{self._kind} {self._name!r} is held by another holder{waited}")
-            pause = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
-            await asyncio.sleep(pause)
-            delay = min(delay * 2, _POLL_MAX)
+        try:
+            while True:
+                fence = await self._acquire_once()
+                if fence is not None:
+                    break
+                if not blocking or (deadline is not None and time.monotonic() >= deadline):
+                    waited = "" if not blocking else f" for {timeout}s"
+                    raise LockExistsError(f"{self._kind} {self._name!r} is held by another holder{waited}")
+                pause = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
+                await asyncio.sleep(pause)
+                delay = min(delay * 2, _POLL_MAX)
+        except BaseException:
+            await self._close_session()
+            raise
         self._fence = fence
         self._held = True
         self._lost = False
