@@ -65,7 +65,8 @@ def test_statekit_redis_lock_async(benchmark: object, aloop: LoopRunner, server:
 
     describe(benchmark, ops=N_LOCK, targets={"baseline_redispy_lock_async": 1.0})
     bench_async(benchmark, aloop, work, rounds=5)
-    assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens)
+    assert tokens == sorted(tokens)
+    assert len(set(tokens)) == len(tokens)
     aloop.run(lock.aclose())
 
 

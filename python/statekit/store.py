@@ -154,8 +154,11 @@ class KeyValueStore:
         data = self._codec.encode(value, key=full_key)
         if fence is None:
             await self._backend.put(full_key, data, self._ttl(ttl))
-        else:
-            await self._fenced("put").fenced_batch_put(fence, [(full_key, data)], self._ttl(ttl))
+            return
+        fenced_put: Any = getattr(self._backend, "fenced_put", None)
+        if fenced_put is None:
+            fenced_put = self._fenced("put").fenced_put  # raises ConfigError
+        await fenced_put(fence, full_key, data, self._ttl(ttl))
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value stored under ``key``, or ``default`` when it is missing or expired."""
@@ -360,7 +363,7 @@ class KeyValueStore:
     def _fenced(self, op: str) -> Any:
         """The backend, if it supports fenced writes; else ConfigError (nothing written)."""
         backend = self._backend
-        if not hasattr(backend, "fenced_batch_put"):
+        if not hasattr(backend, "fenced_put"):
             raise ConfigError(
                 f"{op}(..., fence=...) is not supported on the {backend.backend_type} backend yet; "
                 "fenced writes work on the memory and sqlite backends"

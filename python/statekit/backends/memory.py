@@ -444,6 +444,22 @@ class MemoryStateBackend:
 
     # -- fenced writes (see backends/_fencing.py) ------------------------------------------
 
+    async def fenced_put(self, fence: Fence, key: str, value: bytes, ttl: float | None = None) -> None:
+        """``put``, refused with StaleFence when a newer token of ``fence.name`` wrote ``key``."""
+        self._check_open()
+        if type(fence) is not Fence or type(fence.token) is not int:
+            fence = check_fence(fence)
+        key, value, ttl = check_key(key), check_value(value, key), check_ttl(ttl)
+        record = (fence.name, key)
+        with self._lock:
+            seen = self._fences.get(record)
+            if seen is not None and seen > fence.token:
+                raise stale_fence(fence, key, seen)
+            self._fences[record] = fence.token
+            self._set(key, value, ttl)
+        self._stats.put_count += 1
+        self._stats.bytes_written += len(value)
+
     async def fenced_batch_put(
         self, fence: Fence, pairs: Iterable[tuple[str, bytes]], ttl: float | None = None
     ) -> None:

@@ -558,6 +558,13 @@ class SqliteStateBackend:
 
     # -- fenced writes (see backends/_fencing.py) ------------------------------------------
 
+    async def fenced_put(self, fence: Fence, key: str, value: bytes, ttl: float | None = None) -> None:
+        """``put``, refused with StaleFence when a newer token of ``fence.name`` wrote ``key``."""
+        fence = check_fence(fence)
+        key = check_key(key)
+        pairs = [(key, check_value(value, key))]
+        await self._run(self._fenced, fence, [key], self._batch_put, pairs, check_ttl(ttl))
+
     async def fenced_batch_put(
         self, fence: Fence, pairs: Iterable[tuple[str, bytes]], ttl: float | None = None
     ) -> None:
