@@ -8,6 +8,7 @@ import signal
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -315,16 +316,44 @@ async def test_holder_sigstopped_past_its_ttl(redis_url: str, tmp_path: Path) ->
             proc.wait()
 
 
-def test_sync_form(redis_url: str) -> None:
-    lock = RedisLock(redis_url, "cron", ttl=0.6)
+def test_sync_form(url: str) -> None:
+    lock = RedisLock(url, "cron", ttl=0.6)
     with lock.sync() as fence:
-        time.sleep(1.2)  # the background thread keeps renewing
-        other = RedisLock(redis_url, "cron", ttl=5).sync()
+        time.sleep(1.2)  # the renewal thread keeps the lease alive meanwhile
+        other = RedisLock(url, "cron", ttl=5).sync()
         with pytest.raises(LockExistsError):
             other.acquire(blocking=False)
         other.close()
-    again = RedisLock(redis_url, "cron", ttl=5).sync()
+    again = RedisLock(url, "cron", ttl=5).sync()
     assert again.acquire(blocking=False).token > fence.token
     assert again.held
+    again.ensure_held()
     again.release()
+    assert not again.held
+    with pytest.raises(NotInitialized):
+        again.release()
     again.close()
+
+
+def test_sync_form_reports_a_loss_four_ways(url: str) -> None:
+    import redis
+
+    calls: list[object] = []
+    lock = RedisLock(url, "cron-lost", ttl=10, renew_every=0.05, on_lost=calls.append).sync()
+    if url.startswith("redis+cluster://"):
+        client: Any = redis.RedisCluster.from_url(url.replace("redis+cluster://", "redis://"))
+    else:
+        client = redis.Redis.from_url(url)
+    with pytest.raises(LockLost), lock:  # noqa: PT012 - raised when the block ends
+        client.set(lock._keys[0], "someone-else")
+        with pytest.raises(LockLost):
+            lock.ensure_held()
+        assert lock.lost
+        time.sleep(0.2)  # the renewal thread notices too: still one call
+    assert calls == [lock]
+    client.delete(lock._keys[0])
+    with pytest.raises(KeyError) as raised, lock:  # noqa: PT012 - raised by the body
+        client.delete(lock._keys[0])
+        raise KeyError("body")
+    assert any("lost" in note for note in raised.value.__notes__)
+    client.close()

@@ -14,6 +14,7 @@ raised when a lock is already held.
 from statekit._fence import Fence
 from statekit.errors import LockExistsError, LockLost, StaleFence
 from statekit.locks._sync import SyncLock
+from statekit.locks._sync_redis import SyncRedisLock
 from statekit.locks.file import FileLock, LockMonitor
 from statekit.locks.postgres import PostgresLock
 from statekit.locks.redis import RedisLock
@@ -28,4 +29,5 @@ __all__ = [
     "RedisLock",
     "StaleFence",
     "SyncLock",
+    "SyncRedisLock",
 ]

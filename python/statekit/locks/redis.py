@@ -24,7 +24,7 @@ import math
 import secrets
 import time
 from datetime import timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote, urlsplit
 
 from statekit._fence import Fence
@@ -34,7 +34,10 @@ from statekit.backends.base import RESERVED_KEY_PREFIX
 from statekit.errors import ConfigError, StorageError
 from statekit.locks._lease import LeaseLock, OnLost, logger
 
-__all__ = ["RedisLock", "redis_config_of"]
+if TYPE_CHECKING:
+    from statekit.locks._sync_redis import SyncRedisLock
+
+__all__ = ["RedisLock", "client_options", "redis_config_of"]
 
 #: ``redis.call('TIME')`` is [seconds, microseconds]; the seed is their concatenation, so no
 #: float (Lua 5.1 numbers are doubles and ``tostring`` would round a 16-digit value).
@@ -163,6 +166,16 @@ class RedisLock(LeaseLock):
         """The lease key and the fence-counter key in Redis."""
         return self._lease_key, self._fence_key
 
+    def sync(self) -> SyncRedisLock:  # type: ignore[override]
+        """This lock for code that is not async: ``with RedisLock(...).sync() as fence: ...``.
+
+        Returns a :class:`~statekit.locks.SyncRedisLock` on redis-py's blocking client: one
+        round trip per acquire or release on the caller's thread, renewal on a daemon thread.
+        """
+        from statekit.locks._sync_redis import SyncRedisLock
+
+        return SyncRedisLock(self)
+
     def __repr__(self) -> str:
         urls = ", ".join(redact_url(u) for u in self._config.urls)
         return f"{super().__repr__()[:-1]}, ttl={self._ttl}, urls=[{urls}])"
@@ -283,26 +296,29 @@ class RedisLock(LeaseLock):
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _make_client(config: RedisConfig) -> Any:
-    """A redis-py asyncio client (or cluster client) built from ``config`` alone."""
+def client_options(config: RedisConfig) -> tuple[list[tuple[str, int, int]], dict[str, Any]]:
+    """``[(host, port, db), ...]`` and the redis-py client options of ``config`` (no retries)."""
     try:
-        import redis.asyncio as aioredis
-        from redis.asyncio.cluster import ClusterNode
         from redis.backoff import NoBackoff
         from redis.retry import Retry
     except ImportError as exc:
         raise ConfigError("RedisLock needs redis-py: pip install 'statekit[redis]'") from exc
-    nodes = [urlsplit(url) for url in config.urls]
-    first = nodes[0]
-    username = config.username if config.username is not None else _unquote(first.username)
-    password = config.password if config.password is not None else _unquote(first.password)
+    try:
+        parts = [urlsplit(url) for url in config.urls]
+        nodes = [
+            (p.hostname or "localhost", p.port or 6379, config.db or int((p.path or "/0").strip("/") or 0))
+            for p in parts
+        ]
+    except ValueError:
+        raise ConfigError(f"invalid Redis URL {redact_url(config.urls[0])}") from None
+    first = parts[0]
     tls = config.tls or first.scheme.lower().startswith("rediss")
     common: dict[str, Any] = {
-        "username": username,
-        "password": password,
+        "username": config.username if config.username is not None else _unquote(first.username),
+        "password": config.password if config.password is not None else _unquote(first.password),
         "socket_connect_timeout": config.connect_timeout,
         "socket_timeout": max(config.read_timeout, config.write_timeout),
-        "retry": Retry(NoBackoff(), 0),  # requests are re-sent by _run only when that is safe
+        "retry": Retry(NoBackoff(), 0),  # requests are re-sent by the lock only when that is safe
         "max_connections": max(2, min(config.max_connections, 4)),
         "decode_responses": True,
     }
@@ -313,14 +329,19 @@ def _make_client(config: RedisConfig) -> Any:
             ssl_cert_reqs="required" if config.tls_verify else "none",
             ssl_check_hostname=config.tls_verify,
         )
-    try:
-        if config.cluster_mode:
-            startup = [ClusterNode(n.hostname or "localhost", n.port or 6379) for n in nodes]
-            return aioredis.RedisCluster(startup_nodes=startup, **common)
-        db = config.db or int((first.path or "/0").strip("/") or 0)
-        return aioredis.Redis(host=first.hostname or "localhost", port=first.port or 6379, db=db, **common)
-    except ValueError as exc:
-        raise ConfigError(f"invalid Redis URL {redact_url(config.urls[0])}") from exc
+    return nodes, common
+
+
+def _make_client(config: RedisConfig) -> Any:
+    """A redis-py asyncio client (or cluster client) built from ``config`` alone."""
+    nodes, common = client_options(config)
+    import redis.asyncio as aioredis
+    from redis.asyncio.cluster import ClusterNode
+
+    if config.cluster_mode:
+        return aioredis.RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p, _ in nodes], **common)
+    host, port, db = nodes[0]
+    return aioredis.Redis(host=host, port=port, db=db, **common)
 
 
 def _unquote(value: str | None) -> str | None:
