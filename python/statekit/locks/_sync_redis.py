@@ -59,7 +59,10 @@ class SyncRedisLock:
         self._fence: Fence | None = None
         self._token = ""
         self._deadline = 0.0
-        self._stop = threading.Event()
+        self._renewed_at = 0.0
+        # Serialises the scripts of renewal and release, so a renewal never races a release.
+        self._io = threading.Lock()
+        self._closing = threading.Event()
         self._renewer: threading.Thread | None = None
 
     # -- state ---------------------------------------------------------------------------
@@ -113,28 +116,34 @@ class SyncRedisLock:
         with self._guard:
             self._token, self._deadline, self._fence = token, sent + self._ttl, fence
             self._held, self._lost, self._reason = True, False, None
-        self._stop = threading.Event()
-        self._renewer = threading.Thread(target=self._renew, name=f"statekit-lock-{self._name}", daemon=True)
-        self._renewer.start()
+            self._renewed_at = sent
+        if self._renewer is None:
+            # One renewal thread per object, started once (a thread per lease would cost more
+            # than the round trips): it wakes every renew_every and renews what is held.
+            self._closing.clear()
+            self._renewer = threading.Thread(
+                target=self._renew, name=f"statekit-lock-{self._name}", daemon=True
+            )
+            self._renewer.start()
         return fence
 
     def release(self) -> None:
         """Blocking form of :meth:`RedisLock.release`: raises LockLost if the lease had been lost."""
         if not self._held:
             raise NotInitialized(f"Redis lock {self._name!r} is not held; acquire() it first")
-        self._stop_renewer()
         try:
-            if not self.lost:
-                try:
-                    released = self._run("release", [self._token])
-                except StorageError:
-                    if not self.lost:
-                        raise
-                else:
-                    if int(released) != 1:
-                        self._declare_lost(
-                            "its key no longer held this holder's token (expired or taken over)"
-                        )
+            with self._io:  # no renewal runs between the release script and the state change
+                if not self.lost:
+                    try:
+                        released = self._run("release", [self._token])
+                    except StorageError:
+                        if not self.lost:
+                            raise
+                    else:
+                        if int(released) != 1:
+                            self._declare_lost(
+                                "its key no longer held this holder's token (expired or taken over)"
+                            )
         finally:
             with self._guard:
                 self._held = False
@@ -147,7 +156,9 @@ class SyncRedisLock:
     def ensure_held(self) -> None:
         """Blocking form of :meth:`RedisLock.ensure_held`."""
         if self.held:
-            self._extend()
+            with self._io:
+                if self.held:
+                    self._extend()
         if not self._held or self._lost:
             reason = self._reason or "it is not held (never acquired, or released)"
             raise LockLost(f"Redis lock {self._name!r} is not held: {reason}", name=self._name)
@@ -157,6 +168,7 @@ class SyncRedisLock:
         if self._held:
             with contextlib.suppress(LockLost):
                 self.release()
+        self._stop_renewer()
         client, self._client = self._client, None
         if client is not None:
             client.close()
@@ -179,6 +191,7 @@ class SyncRedisLock:
             except (LockLost, StorageError, OSError) as err:
                 exc.add_note(f"statekit: while leaving the Redis lock block: {err}")
         finally:
+            self._stop_renewer()
             client, self._client = self._client, None
             if client is not None:
                 client.close()
@@ -198,7 +211,6 @@ class SyncRedisLock:
             if self._lost or not self._held:
                 return
             self._lost, self._reason = True, reason
-        self._stop.set()
         logger.warning("statekit Redis lock %r lost: %s", self._name, reason)
         if self._on_lost is not None:
             try:
@@ -207,10 +219,19 @@ class SyncRedisLock:
                 logger.exception("on_lost callback of Redis lock %r raised", self._name)
 
     def _renew(self) -> None:
-        stop = self._stop
-        while not stop.wait(self._renew_every):
-            if not self._extend():
-                return
+        closing, every = self._closing, self._renew_every
+        pause = every
+        while not closing.wait(pause):
+            pause = every
+            if not self.held:
+                continue
+            due = self._renewed_at + every - time.monotonic()
+            if due > 0:
+                pause = due
+                continue
+            with self._io:
+                if self.held:
+                    self._extend()
 
     def _extend(self) -> bool:
         delay = _RETRY_START
@@ -226,7 +247,7 @@ class SyncRedisLock:
                 logger.info(
                     "renewal of Redis lock %r failed (%s); retrying within the lease", self._name, exc
                 )
-                if self._stop.wait(min(delay, max(0.0, self._deadline - time.monotonic()))):
+                if self._closing.wait(min(delay, max(0.0, self._deadline - time.monotonic()))):
                     return False
                 delay = min(delay * 2, _RETRY_MAX)
                 continue
@@ -236,11 +257,12 @@ class SyncRedisLock:
             with self._guard:
                 if self._held and not self._lost and time.monotonic() < sent + self._ttl:
                     self._deadline = sent + self._ttl
+                    self._renewed_at = sent
             self._check_deadline()
             return not self._lost
 
     def _stop_renewer(self) -> None:
-        self._stop.set()
+        self._closing.set()
         renewer, self._renewer = self._renewer, None
         if renewer is not None and renewer is not threading.current_thread():
             renewer.join()
