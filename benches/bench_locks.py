@@ -33,7 +33,7 @@ redis_asyncio = pytest.importorskip("redis.asyncio")
 
 N_LOCK = 500
 N_PUT = 2_000
-N_PUT_SQLITE = 500
+N_PUT_SQLITE = 1_000
 
 async_group = pytest.mark.benchmark(group="locks: Redis acquire+release, async")
 sync_group = pytest.mark.benchmark(group="locks: Redis acquire+release, sync")
@@ -64,7 +64,7 @@ def test_statekit_redis_lock_async(benchmark: object, aloop: LoopRunner, server:
             await lock.release()
 
     describe(benchmark, ops=N_LOCK, targets={"baseline_redispy_lock_async": 1.0})
-    bench_async(benchmark, aloop, work, rounds=5)
+    bench_async(benchmark, aloop, work, rounds=9)
     assert tokens == sorted(tokens)
     assert len(set(tokens)) == len(tokens)
     aloop.run(lock.aclose())
@@ -81,7 +81,7 @@ def test_baseline_redispy_lock_async(benchmark: object, aloop: LoopRunner, serve
             await lock.release()
 
     describe(benchmark, ops=N_LOCK)
-    bench_async(benchmark, aloop, work, rounds=5)
+    bench_async(benchmark, aloop, work, rounds=9)
     aloop.run(client.aclose())
 
 
@@ -103,7 +103,7 @@ def test_statekit_redis_lock_sync(benchmark: object, server: RedisServer) -> Non
         targets={"baseline_redispy_lock_sync": 1.0, "baseline_python_redis_lock": 1.0},
         note="every call crosses to the lock's event-loop thread",
     )
-    benchmark.pedantic(work, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(work, rounds=9, iterations=1, warmup_rounds=1)
     lock.close()
 
 
@@ -118,7 +118,7 @@ def test_baseline_redispy_lock_sync(benchmark: object, server: RedisServer) -> N
             lock.release()
 
     describe(benchmark, ops=N_LOCK)
-    benchmark.pedantic(work, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(work, rounds=9, iterations=1, warmup_rounds=1)
     client.close()
 
 
@@ -134,7 +134,7 @@ def test_baseline_python_redis_lock(benchmark: object, server: RedisServer) -> N
             lock.release()
 
     describe(benchmark, ops=N_LOCK)
-    benchmark.pedantic(work, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(work, rounds=9, iterations=1, warmup_rounds=1)
     client.close()
 
 
@@ -167,7 +167,7 @@ def test_baseline_unfenced_put_memory(benchmark: object, aloop: LoopRunner) -> N
 def test_statekit_fenced_put_sqlite(benchmark: object, aloop: LoopRunner, tmp_path: Path) -> None:
     store = KeyValueStore(SqliteStateBackend(tmp_path / "fenced.db", durability="normal"))
     describe(benchmark, ops=N_PUT_SQLITE, targets={"baseline_unfenced_put_sqlite": 0.85})
-    bench_async(benchmark, aloop, _puts(store, N_PUT_SQLITE, Fence("bench", 1)), rounds=5)  # type: ignore[arg-type]
+    bench_async(benchmark, aloop, _puts(store, N_PUT_SQLITE, Fence("bench", 1)), rounds=11)  # type: ignore[arg-type]
     aloop.run(store.close())
 
 
@@ -175,5 +175,5 @@ def test_statekit_fenced_put_sqlite(benchmark: object, aloop: LoopRunner, tmp_pa
 def test_baseline_unfenced_put_sqlite(benchmark: object, aloop: LoopRunner, tmp_path: Path) -> None:
     store = KeyValueStore(SqliteStateBackend(tmp_path / "unfenced.db", durability="normal"))
     describe(benchmark, ops=N_PUT_SQLITE)
-    bench_async(benchmark, aloop, _puts(store, N_PUT_SQLITE, None), rounds=5)  # type: ignore[arg-type]
+    bench_async(benchmark, aloop, _puts(store, N_PUT_SQLITE, None), rounds=11)  # type: ignore[arg-type]
     aloop.run(store.close())

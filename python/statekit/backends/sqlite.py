@@ -610,21 +610,25 @@ class SqliteStateBackend:
             conn.execute(_FENCE_SCHEMA)
             self._fence_table_ready = True
         with _transaction(conn):
-            for i in range(0, len(keys), _IN_CHUNK):
-                chunk = keys[i : i + _IN_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                row = conn.execute(
-                    "SELECT key, token FROM statekit_fences "
-                    f"WHERE name = ? AND token > ? AND key IN ({marks}) LIMIT 1",
-                    (fence.name, fence.token, *chunk),
-                ).fetchone()
-                if row is not None:
-                    raise stale_fence(fence, row[0], row[1])
-            conn.executemany(
+            # One upsert records the token where no newer one is recorded; a key it skipped
+            # (rowcount short) holds a newer token: find it and refuse (the rollback undoes all).
+            cursor = conn.executemany(
                 "INSERT INTO statekit_fences (name, key, token) VALUES (?, ?, ?) "
-                "ON CONFLICT (name, key) DO UPDATE SET token = excluded.token",
+                "ON CONFLICT (name, key) DO UPDATE SET token = excluded.token "
+                "WHERE excluded.token >= statekit_fences.token",
                 [(fence.name, key, fence.token) for key in keys],
             )
+            if cursor.rowcount != len(keys):
+                for i in range(0, len(keys), _IN_CHUNK):
+                    chunk = keys[i : i + _IN_CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    row = conn.execute(
+                        "SELECT key, token FROM statekit_fences "
+                        f"WHERE name = ? AND token > ? AND key IN ({marks}) LIMIT 1",
+                        (fence.name, fence.token, *chunk),
+                    ).fetchone()
+                    if row is not None:
+                        raise stale_fence(fence, row[0], row[1])
             # The write's own _transaction sees one open and joins it (its exit commits all).
             return write(*args)
 

@@ -150,6 +150,7 @@ class RedisLock(LeaseLock):
         self._scripts: dict[str, Any] = {}
         self._token = ""
         self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def ttl(self) -> float:
@@ -213,11 +214,28 @@ class RedisLock(LeaseLock):
     async def _verify(self) -> None:
         await self._extend()
 
+    # Renewal: a timer, and a task only while a renewal is in flight (a task per lease would
+    # cost more than the acquire's round trip).
+
+    def _start_keeper(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self._renew_every, self._renew_due)
+
+    def _renew_due(self) -> None:
+        self._timer = None
+        if self._held and not self._lost:
+            self._keeper = asyncio.get_running_loop().create_task(
+                self._keep(), name=f"statekit-lock-renewal-{self._name}"
+            )
+
     async def _keep(self) -> None:
-        while self._held and not self._lost:
-            await asyncio.sleep(self._renew_every)
-            if not await self._extend():
-                return
+        if await self._extend() and self._held and not self._lost:
+            self._timer = asyncio.get_running_loop().call_later(self._renew_every, self._renew_due)
+
+    async def _stop_keeper(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        await super()._stop_keeper()
 
     async def _close_client(self) -> None:
         client, self._client = self._client, None
