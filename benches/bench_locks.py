@@ -101,7 +101,7 @@ def test_statekit_redis_lock_sync(benchmark: object, server: RedisServer) -> Non
         benchmark,
         ops=N_LOCK,
         targets={"baseline_redispy_lock_sync": 1.0, "baseline_python_redis_lock": 1.0},
-        note="every call crosses to the lock's event-loop thread",
+        note="RedisLock(...).sync() is a SyncRedisLock: redis-py's blocking client, a renewal thread",
     )
     benchmark.pedantic(work, rounds=9, iterations=1, warmup_rounds=1)
     lock.close()

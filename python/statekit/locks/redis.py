@@ -197,12 +197,10 @@ class RedisLock(LeaseLock):
         return Fence(self._name, int(reply[1]))
 
     async def _release_remote(self) -> None:
+        # No client-side timeout here: a release that deletes our token proves the lease was
+        # still ours; one that fails is judged by the clock (the socket timeout bounds the wait).
         try:
-            async with asyncio.timeout(max(0.0, self._deadline - time.monotonic())):
-                released = await self._run("release", [self._token])
-        except TimeoutError:
-            self._declare_lost("the release did not reach the server within the remaining lease")
-            return
+            released = await self._run("release", [self._token])
         except StorageError:
             if self._lease_expired():
                 self._declare_lost("the lease ran out while the release could not reach the server")
