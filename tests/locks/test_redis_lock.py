@@ -357,3 +357,21 @@ def test_sync_form_reports_a_loss_four_ways(url: str) -> None:
         raise KeyError("body")
     assert any("lost" in note for note in raised.value.__notes__)
     client.close()
+
+
+async def test_acquire_again_after_a_loss_without_release(redis_url: str) -> None:
+    lock = RedisLock(redis_url, "again", ttl=10, renew_every=0.05)
+    client = raw_client(redis_url)
+    first = await lock.acquire()
+    await client.delete(lock.keys[0])
+    with pytest.raises(LockLost):
+        await lock.ensure_held()
+    second = await lock.acquire(blocking=False)
+    assert second.token > first.token
+    assert lock.held
+    assert not lock.lost
+    await asyncio.sleep(0.2)  # renewals of the new lease only
+    await lock.ensure_held()
+    await lock.release()
+    await client.aclose()
+    await lock.aclose()

@@ -111,22 +111,3 @@ async def test_backend_without_fenced_writes_refuses_with_config_error() -> None
         await store.put("k", 1, fence=NEW)
     assert await store.get("k") is None
     await store.close()
-
-
-def test_sync_store_passes_the_fence(tmp_path: Path) -> None:
-    from statekit.sync import create_store
-
-    store = create_store(f"sqlite:///{tmp_path / 'sync.db'}")
-    try:
-        store.put("k", "new", fence=NEW)
-        with pytest.raises(StaleFence):
-            store.put("k", "stale", fence=OLD)
-        with pytest.raises(StaleFence):
-            store.put_many({"k": 1}, fence=OLD)
-        with pytest.raises(StaleFence):
-            store.delete("k", fence=OLD)
-        assert store.get("k") == "new"
-        assert store.update("k", lambda v: v + "!", fence=NEW) == "new!"
-        assert store.delete_many(["k"], fence=NEWER) == 1
-    finally:
-        store.close()

@@ -103,6 +103,10 @@ class LeaseLock:
             )
         if timeout is not None and (isinstance(timeout, bool) or not timeout >= 0):
             raise ConfigError(f"timeout must be None or seconds >= 0, got {timeout!r}")
+        if self._held:  # a lost lease never released: drop what is left of it first
+            await self._stop_keeper()
+            await self._close_session()
+            self._held = False
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = _POLL_START
         try:
