@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import tempfile
 import time
@@ -237,6 +238,7 @@ async def test_server_restart_with_persistence_keeps_lease_and_fence_counter() -
         await lock.aclose()
     finally:
         server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 async def test_paused_holder_in_process_cannot_overwrite_its_successor(url: str) -> None:

@@ -26,11 +26,12 @@ _T = TypeVar("_T")
 
 
 class SyncLock:
-    """The blocking form of a :class:`RedisLock` or :class:`PostgresLock` (made by ``lock.sync()``).
+    """The blocking form of a :class:`PostgresLock` (made by ``lock.sync()``; ``RedisLock.sync()``
+    returns the leaner :class:`SyncRedisLock`).
 
     Example::
 
-        with RedisLock("redis://localhost:6379/0", "nightly-report", ttl=60).sync() as fence:
+        with PostgresLock("postgresql://app@db/app", "nightly-report").sync() as fence:
             build_report(fence)
 
     Leaving the ``with`` block releases the lock and stops the background thread; raises
