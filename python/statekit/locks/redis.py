@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlsplit
 
 from statekit._fence import Fence
 from statekit._utils.durations import to_seconds
-from statekit.backends._redis_config import RedisConfig, redact_url
+from statekit.backends import RedisConfig
 from statekit.backends.base import RESERVED_KEY_PREFIX
 from statekit.errors import ConfigError, StorageError
 from statekit.locks._lease import LeaseLock, OnLost, logger
@@ -358,6 +358,18 @@ def _make_client(config: RedisConfig) -> Any:
         return aioredis.RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p, _ in nodes], **common)
     host, port, db = nodes[0]
     return aioredis.Redis(host=host, port=port, db=db, **common)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and repr)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return "<unparsable URL>"
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    return parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{host}").geturl()
 
 
 def _unquote(value: str | None) -> str | None:
