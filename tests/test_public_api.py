@@ -1,7 +1,6 @@
 """The public import paths of ARCHITECTURE.md that exist so far, and tidy ``__all__`` lists.
 
-Paths of later issues (storage, the Redis/PostgreSQL locks, the cached
-backend) join CONTRACT as they land.
+Paths of later issues join CONTRACT as they land.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ CONTRACT: dict[str, list[str]] = {
         "RestoreFailed",
         "LockExistsError",
         "LockLost",
+        "StaleFence",
         "ConfigError",
     ],
     "statekit.backends": [
@@ -58,7 +58,7 @@ CONTRACT: dict[str, list[str]] = {
         "append_to_failure_log",
         "write_failure_log",
     ],
-    "statekit.locks": ["FileLock", "LockExistsError"],
+    "statekit.locks": ["FileLock", "RedisLock", "PostgresLock", "Fence", "LockExistsError"],
     "statekit.checkpoint": ["CheckpointCoordinator", "CheckpointOptions", "CheckpointStats"],
     "statekit.storage": [
         "Storage",
@@ -97,6 +97,14 @@ def test_every_error_is_a_state_error() -> None:
     errors = importlib.import_module("statekit.errors")
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), errors.StateError)
+
+
+def test_stale_fence_is_a_lock_lost() -> None:
+    from statekit.errors import LockExistsError, LockLost, StaleFence
+    from statekit.locks import LockExistsError as FromLocks
+
+    assert issubclass(StaleFence, LockLost)
+    assert FromLocks is LockExistsError
 
 
 def test_native_module_is_private_and_stubbed() -> None:

@@ -20,6 +20,7 @@ all of them. Where it helps callers, an error also derives from the matching bui
       x RestoreFailed                        no checkpoint could be restored
       x LockExistsError                      a lock is held by someone else
       x LockLost                             a held lock was lost (expired, deleted, rewritten)
+        x StaleFence                         a fenced write refused: a newer holder's fence wrote first
 
 Messages say what failed, on which key or file, and what to do; the key or path is also kept
 as an attribute (``err.key``, ``err.path``) so callers need not parse text.
@@ -46,6 +47,7 @@ __all__ = [
     "OutcomeUnknown",
     "RestoreFailed",
     "SerializationFailed",
+    "StaleFence",
     "StateError",
     "StorageError",
 ]
@@ -200,4 +202,35 @@ class LockExistsError(StateError):
 
 
 class LockLost(StateError):
-    """A lock this process held was lost: it expired, or its file or key was removed or rewritten."""
+    """A lock this process held was lost: it expired, or its file or key was removed or rewritten.
+
+    ``name`` is the lock's name (or file path) when known.
+    """
+
+    def __init__(self, message: str, *, name: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class StaleFence(LockLost):
+    """A write carrying a fence token was refused: a newer token of the same lock already wrote there.
+
+    Nothing of the refused call was written. It means another process acquired the lock after
+    this fence was issued, so this holder has lost it (hence a :class:`LockLost`) and must stop.
+    ``key`` is the first refused key, ``token`` the refused token, ``newer_token`` the token
+    recorded on that key.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        name: str | None = None,
+        key: str | None = None,
+        token: int | None = None,
+        newer_token: int | None = None,
+    ) -> None:
+        super().__init__(message, name=name)
+        self.key = key
+        self.token = token
+        self.newer_token = newer_token

@@ -13,6 +13,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
 
+from statekit._fence import Fence
 from statekit.backends.base import (
     BackendStats,
     StateBackend,
@@ -142,14 +143,24 @@ class KeyValueStore:
 
     # -- single keys ---------------------------------------------------------------------
 
-    async def put(self, key: str, value: Any, ttl: TTL | None = None) -> None:
+    async def put(self, key: str, value: Any, ttl: TTL | None = None, *, fence: Fence | None = None) -> None:
         """Store ``value`` under ``key``. ``ttl`` (seconds or timedelta) overrides the default TTL.
+
+        ``fence``: the :class:`~statekit.locks.Fence` of a lock this writer holds. The write is
+        then refused with :class:`~statekit.errors.StaleFence` (nothing written) when a newer
+        token of the same lock name has already written ``key``. Memory and SQLite backends.
 
         Raises SerializationFailed (nothing written) when the serializer cannot encode ``value``.
         """
         full_key = self._full_key(key)
         data = self._codec.encode(value, key=full_key)
-        await self._backend.put(full_key, data, self._ttl(ttl))
+        if fence is None:
+            await self._backend.put(full_key, data, self._ttl(ttl))
+            return
+        fenced_put: Any = getattr(self._backend, "fenced_put", None)
+        if fenced_put is None:
+            fenced_put = self._fenced("put").fenced_put  # raises ConfigError
+        await fenced_put(fence, full_key, data, self._ttl(ttl))
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value stored under ``key``, or ``default`` when it is missing or expired."""
@@ -159,9 +170,12 @@ class KeyValueStore:
             return default
         return self._codec.decode(data, key=full_key)
 
-    async def delete(self, key: str) -> bool:
-        """Remove ``key``; True when it existed."""
-        return await self._backend.delete(self._full_key(key))
+    async def delete(self, key: str, *, fence: Fence | None = None) -> bool:
+        """Remove ``key``; True when it existed. ``fence``: as in :meth:`put`."""
+        if fence is None:
+            return await self._backend.delete(self._full_key(key))
+        removed: int = await self._fenced("delete").fenced_batch_delete(fence, [self._full_key(key)])
+        return removed == 1
 
     async def exists(self, key: str) -> bool:
         """Whether ``key`` holds a live (unexpired) value."""
@@ -178,16 +192,30 @@ class KeyValueStore:
         data = self._codec.encode(value, key=full_key)
         return await self._backend.set_if_not_exists(full_key, data, self._ttl(ttl))
 
-    async def update(self, key: str, fn: Callable[[Any], Any], ttl: TTL | None = None) -> Any:
+    async def update(
+        self, key: str, fn: Callable[[Any], Any], ttl: TTL | None = None, *, fence: Fence | None = None
+    ) -> Any:
         """Atomically replace ``key``'s value by ``fn(current)`` and return the new value.
 
         ``current`` is None when the key holds nothing live. When ``fn`` returns ``current``
         itself (the same object), nothing is written. Lock-free: the new value is written with
         the backend's ``compare_and_set`` against the bytes that were read, and ``fn`` runs again
-        when another writer got there first, so it must have no side effects.
+        when another writer got there first, so it must have no side effects. ``fence``: as in
+        :meth:`put` (checked on the write).
         """
         full_key = self._full_key(key)
         backend, codec = self._backend, self._codec
+        if fence is not None:
+            fenced = self._fenced("update")
+            while True:
+                raw = await backend.get(full_key)
+                current = None if raw is None else codec.decode(raw, key=full_key)
+                new = fn(current)
+                if new is current:
+                    return current
+                data = codec.encode(new, key=full_key)
+                if await fenced.fenced_compare_and_set(fence, full_key, raw, data, self._ttl(ttl)):
+                    return new
         while True:
             raw = await backend.get(full_key)
             current = None if raw is None else codec.decode(raw, key=full_key)
@@ -242,16 +270,24 @@ class KeyValueStore:
         return [key[cut:] for key in await self._backend.list_keys(self._prefix + prefix)]
 
     async def put_many(
-        self, items: Mapping[str, Any] | Iterable[tuple[str, Any]], ttl: TTL | None = None
+        self,
+        items: Mapping[str, Any] | Iterable[tuple[str, Any]],
+        ttl: TTL | None = None,
+        *,
+        fence: Fence | None = None,
     ) -> None:
         """Store many values in one backend batch. Every value is encoded before anything is
-        written, so a value that cannot be encoded leaves the store unchanged."""
+        written, so a value that cannot be encoded leaves the store unchanged. ``fence``: as in
+        :meth:`put`; one stale key refuses the whole batch."""
         pairs = items.items() if isinstance(items, Mapping) else items
         encode = self._codec.encode
         full_key = self._full_key
         full_keys_values = [(full_key(key), value) for key, value in pairs]
         encoded = [(key, encode(value, key=key)) for key, value in full_keys_values]
-        await self._backend.batch_put(encoded, self._ttl(ttl))
+        if fence is None:
+            await self._backend.batch_put(encoded, self._ttl(ttl))
+        else:
+            await self._fenced("put_many").fenced_batch_put(fence, encoded, self._ttl(ttl))
 
     async def get_many(self, keys: Sequence[str]) -> list[Any]:
         """Values aligned with ``keys``; None where a key is missing."""
@@ -263,10 +299,15 @@ class KeyValueStore:
             None if data is None else decode(data, key=key) for key, data in zip(full_keys, raw, strict=True)
         ]
 
-    async def delete_many(self, keys: Sequence[str]) -> int:
-        """Remove every key; return how many existed."""
+    async def delete_many(self, keys: Sequence[str], *, fence: Fence | None = None) -> int:
+        """Remove every key; return how many existed. ``fence``: as in :meth:`put` (all or nothing)."""
         full_key = self._full_key
-        return await self._backend.batch_delete([full_key(key) for key in keys])
+        if fence is None:
+            return await self._backend.batch_delete([full_key(key) for key in keys])
+        removed: int = await self._fenced("delete_many").fenced_batch_delete(
+            fence, [full_key(k) for k in keys]
+        )
+        return removed
 
     # -- lifecycle and stats -------------------------------------------------------------
 
@@ -322,6 +363,16 @@ class KeyValueStore:
             if not isinstance(key, str) or not key:
                 raise InvalidKey(f"keys must be non-empty str, got {key!r} ({type(key).__name__})", key=key)
         return self._prefix + key
+
+    def _fenced(self, op: str) -> Any:
+        """The backend, if it supports fenced writes; else ConfigError (nothing written)."""
+        backend = self._backend
+        if not hasattr(backend, "fenced_put"):
+            raise ConfigError(
+                f"{op}(..., fence=...) is not supported on the {backend.backend_type} backend yet; "
+                "fenced writes work on the memory and sqlite backends"
+            )
+        return backend
 
     def _ttl(self, ttl: TTL | None) -> float | None:
         return self._default_ttl if ttl is None else ttl_seconds(ttl)

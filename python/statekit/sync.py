@@ -48,6 +48,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from statekit import _factory
+from statekit._fence import Fence
 from statekit.backends.base import StateBackend
 from statekit.serializers import Serializer
 from statekit.store import TTL, KeyValueStore, StoreStats
@@ -224,17 +225,17 @@ class SyncStore:
 
     # -- the store's methods, blocking ------------------------------------------------------
 
-    def put(self, key: str, value: Any, ttl: TTL | None = None) -> None:
-        """Store ``value`` under ``key`` (see :meth:`KeyValueStore.put`)."""
-        self._call(self._store.put(key, value, ttl))
+    def put(self, key: str, value: Any, ttl: TTL | None = None, *, fence: Fence | None = None) -> None:
+        """Store ``value`` under ``key`` (see :meth:`KeyValueStore.put`, also for ``fence``)."""
+        self._call(self._store.put(key, value, ttl, fence=fence))
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value under ``key`` or ``default`` (see :meth:`KeyValueStore.get`)."""
         return self._call(self._store.get(key, default))
 
-    def delete(self, key: str) -> bool:
+    def delete(self, key: str, *, fence: Fence | None = None) -> bool:
         """Remove ``key``; True when it existed."""
-        return self._call(self._store.delete(key))
+        return self._call(self._store.delete(key, fence=fence))
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` holds a live value."""
@@ -248,12 +249,14 @@ class SyncStore:
         """Store ``value`` only if ``key`` holds nothing live; True when stored."""
         return self._call(self._store.set_if_absent(key, value, ttl))
 
-    def update(self, key: str, fn: Callable[[Any], Any], ttl: TTL | None = None) -> Any:
+    def update(
+        self, key: str, fn: Callable[[Any], Any], ttl: TTL | None = None, *, fence: Fence | None = None
+    ) -> Any:
         """Atomically replace ``key``'s value by ``fn(current)`` (see :meth:`KeyValueStore.update`).
 
         ``fn`` runs on the background loop's thread: it must not call this store.
         """
-        return self._call(self._store.update(key, fn, ttl))
+        return self._call(self._store.update(key, fn, ttl, fence=fence))
 
     def pop(self, key: str, default: Any = None) -> Any:
         """Atomically remove ``key`` and return its value (``default`` when missing)."""
@@ -273,17 +276,23 @@ class SyncStore:
         """Every live key starting with ``prefix``, sorted."""
         return self._call(self._store.keys(prefix))
 
-    def put_many(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]], ttl: TTL | None = None) -> None:
+    def put_many(
+        self,
+        items: Mapping[str, Any] | Iterable[tuple[str, Any]],
+        ttl: TTL | None = None,
+        *,
+        fence: Fence | None = None,
+    ) -> None:
         """Store many values in one backend batch."""
-        self._call(self._store.put_many(items, ttl))
+        self._call(self._store.put_many(items, ttl, fence=fence))
 
     def get_many(self, keys: Sequence[str]) -> list[Any]:
         """Values aligned with ``keys``; None where missing."""
         return self._call(self._store.get_many(keys))
 
-    def delete_many(self, keys: Sequence[str]) -> int:
+    def delete_many(self, keys: Sequence[str], *, fence: Fence | None = None) -> int:
         """Remove every key; how many existed."""
-        return self._call(self._store.delete_many(keys))
+        return self._call(self._store.delete_many(keys, fence=fence))
 
     def health_check(self) -> bool:
         """True when the backend can serve requests. Never raises."""

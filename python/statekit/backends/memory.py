@@ -24,7 +24,9 @@ from itertools import compress, repeat
 
 from sortedcontainers import SortedDict
 
+from statekit._fence import Fence, check_fence
 from statekit._utils.durations import to_seconds
+from statekit.backends._fencing import stale_fence
 from statekit.backends.base import (
     BackendStats,
     Item,
@@ -83,6 +85,8 @@ class MemoryStateBackend:
         self._reaper: asyncio.TimerHandle | None = None
         self._closed = False
         self._stats = BackendStats(backend_type=self.backend_type)
+        # (lock name, key) -> highest fence token that wrote the key (see backends/_fencing.py).
+        self._fences: dict[tuple[str, str], int] = {}
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -488,3 +492,67 @@ class MemoryStateBackend:
             self._reap_expired()
             if self._expiry_heap:
                 self._arm_reaper()
+
+    # -- fenced writes (see backends/_fencing.py) ------------------------------------------
+
+    async def fenced_put(self, fence: Fence, key: str, value: bytes, ttl: float | None = None) -> None:
+        """``put``, refused with StaleFence when a newer token of ``fence.name`` wrote ``key``."""
+        self._check_open()
+        if type(fence) is not Fence or type(fence.token) is not int:
+            fence = check_fence(fence)
+        key, value, ttl = check_key(key), check_value(value, key), check_ttl(ttl)
+        record = (fence.name, key)
+        with self._lock:
+            seen = self._fences.get(record)
+            if seen is not None and seen > fence.token:
+                raise stale_fence(fence, key, seen)
+            self._fences[record] = fence.token
+            self._set(key, value, ttl)
+        self._stats.put_count += 1
+        self._stats.bytes_written += len(value)
+
+    async def fenced_batch_put(
+        self, fence: Fence, pairs: Iterable[tuple[str, bytes]], ttl: float | None = None
+    ) -> None:
+        """``batch_put``, refused whole with StaleFence when a newer token of ``fence.name`` wrote a key."""
+        self._check_open()
+        fence = check_fence(fence)
+        items = check_pairs(pairs)
+        ttl = check_ttl(ttl)
+        with self._lock:
+            self._record_fence(fence, [key for key, _ in items])
+            for key, value in items:
+                self._set(key, value, ttl)
+        self._stats.put_count += len(items)
+        self._stats.bytes_written += sum(len(v) for _, v in items)
+
+    async def fenced_batch_delete(self, fence: Fence, keys: Sequence[str]) -> int:
+        """``batch_delete`` under a fence (the deletion is recorded like a write)."""
+        self._check_open()
+        fence = check_fence(fence)
+        keys = check_keys(keys)
+        with self._lock:
+            self._record_fence(fence, keys)
+            removed = sum(1 for key in keys if self._pop_live(key) is not None)
+        self._stats.delete_count += len(keys)
+        return removed
+
+    async def fenced_compare_and_set(
+        self, fence: Fence, key: str, expected: bytes | None, value: bytes, ttl: float | None = None
+    ) -> bool:
+        """``compare_and_set`` under a fence."""
+        self._check_open()
+        fence = check_fence(fence)
+        key = check_key(key)
+        with self._lock:  # re-entrant: compare_and_set takes it again
+            self._record_fence(fence, [key])
+            return await self.compare_and_set(key, expected, value, ttl)
+
+    def _record_fence(self, fence: Fence, keys: list[str]) -> None:
+        fences, name, token = self._fences, fence.name, fence.token
+        for key in keys:
+            seen = fences.get((name, key))
+            if seen is not None and seen > token:
+                raise stale_fence(fence, key, seen)
+        for key in keys:
+            fences[(name, key)] = token

@@ -37,6 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, Literal, ParamSpec, TypeVar
 
+from statekit._fence import Fence, check_fence
+from statekit.backends._fencing import stale_fence
 from statekit.backends.base import (
     BackendStats,
     Item,
@@ -79,6 +81,16 @@ CREATE TABLE IF NOT EXISTS statekit_kv (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS statekit_kv_expiry ON statekit_kv(expires_at) WHERE expires_at IS NOT NULL;
 """
+# Fenced writes' records (backends/_fencing.py); created on the first fenced write, so
+# databases that never see one keep the plain schema.
+_FENCE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS statekit_fences (
+    name TEXT NOT NULL,
+    key TEXT NOT NULL,
+    token INTEGER NOT NULL,
+    PRIMARY KEY (name, key)
+) WITHOUT ROWID
+"""
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 _GET_SQL = f"SELECT value FROM statekit_kv WHERE key = ? AND {_LIVE}"
 _EXISTS_SQL = f"SELECT 1 FROM statekit_kv WHERE key = ? AND {_LIVE}"
@@ -98,6 +110,8 @@ class SqliteStateBackend:
 
     backend_type = "sqlite"
     persistent = True
+    #: Whether ``statekit_fences`` is known to exist (set by the first fenced write).
+    _fence_table_ready = False
 
     def __init__(
         self,
@@ -551,6 +565,82 @@ class SqliteStateBackend:
         if self._reader is not None:
             with self._reader_lock:
                 self._reader.close()
+
+    # -- fenced writes (see backends/_fencing.py) ------------------------------------------
+
+    async def fenced_put(self, fence: Fence, key: str, value: bytes, ttl: float | None = None) -> None:
+        """``put``, refused with StaleFence when a newer token of ``fence.name`` wrote ``key``."""
+        fence = check_fence(fence)
+        key = check_key(key)
+        pairs = [(key, check_value(value, key))]
+        await self._run(self._fenced, fence, [key], self._batch_put, pairs, check_ttl(ttl))
+
+    async def fenced_batch_put(
+        self, fence: Fence, pairs: Iterable[tuple[str, bytes]], ttl: float | None = None
+    ) -> None:
+        """``batch_put``, refused whole with StaleFence when a newer token of ``fence.name`` wrote a key.
+
+        The check, the record of this token and the write are one ``BEGIN IMMEDIATE``
+        transaction, so they are atomic across processes sharing the file.
+        """
+        fence = check_fence(fence)
+        items = check_pairs(pairs)
+        ttl = check_ttl(ttl)
+        await self._run(self._fenced, fence, [key for key, _ in items], self._batch_put, items, ttl)
+
+    async def fenced_batch_delete(self, fence: Fence, keys: Sequence[str]) -> int:
+        """``batch_delete`` under a fence (the deletion is recorded like a write)."""
+        fence = check_fence(fence)
+        checked = check_keys(keys)
+        removed: int = await self._run(self._fenced, fence, checked, self._batch_delete, checked)
+        return removed
+
+    async def fenced_compare_and_set(
+        self, fence: Fence, key: str, expected: bytes | None, value: bytes, ttl: float | None = None
+    ) -> bool:
+        """``compare_and_set`` under a fence."""
+        fence = check_fence(fence)
+        key = check_key(key)
+        expected = None if expected is None else check_value(expected, key)
+        done: bool = await self._run(
+            self._fenced,
+            fence,
+            [key],
+            self._compare_and_set,
+            key,
+            expected,
+            check_value(value, key),
+            check_ttl(ttl),
+        )
+        return done
+
+    def _fenced(self, fence: Fence, keys: list[str], write: Callable[..., _T], *args: object) -> _T:
+        conn = self._conn
+        if not self._fence_table_ready:
+            conn.execute(_FENCE_SCHEMA)
+            self._fence_table_ready = True
+        with _transaction(conn):
+            # One upsert records the token where no newer one is recorded; a key it skipped
+            # (rowcount short) holds a newer token: find it and refuse (the rollback undoes all).
+            cursor = conn.executemany(
+                "INSERT INTO statekit_fences (name, key, token) VALUES (?, ?, ?) "
+                "ON CONFLICT (name, key) DO UPDATE SET token = excluded.token "
+                "WHERE excluded.token >= statekit_fences.token",
+                [(fence.name, key, fence.token) for key in keys],
+            )
+            if cursor.rowcount != len(keys):
+                for i in range(0, len(keys), _IN_CHUNK):
+                    chunk = keys[i : i + _IN_CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    row = conn.execute(
+                        "SELECT key, token FROM statekit_fences "
+                        f"WHERE name = ? AND token > ? AND key IN ({marks}) LIMIT 1",
+                        (fence.name, fence.token, *chunk),
+                    ).fetchone()
+                    if row is not None:
+                        raise stale_fence(fence, row[0], row[1])
+            # The write's own _transaction sees one open and joins it (its exit commits all).
+            return write(*args)
 
 
 def _key_bounds(start: str, upper: str | None) -> tuple[str, list[object]]:

@@ -1,0 +1,35 @@
+"""Fenced writes through the blocking store (statekit.sync).
+
+Kept apart from test_fenced_writes.py: the sync store starts a background loop thread that lives
+on, and test_file_lock.py's fork test skips when other threads run, so this file sorts after it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from statekit.errors import StaleFence
+from statekit.locks import Fence
+
+OLD, NEW, NEWER = Fence("job", 5), Fence("job", 7), Fence("job", 9)
+
+
+def test_sync_store_passes_the_fence(tmp_path: Path) -> None:
+    from statekit.sync import create_store
+
+    store = create_store(f"sqlite:///{tmp_path / 'sync.db'}")
+    try:
+        store.put("k", "new", fence=NEW)
+        with pytest.raises(StaleFence):
+            store.put("k", "stale", fence=OLD)
+        with pytest.raises(StaleFence):
+            store.put_many({"k": 1}, fence=OLD)
+        with pytest.raises(StaleFence):
+            store.delete("k", fence=OLD)
+        assert store.get("k") == "new"
+        assert store.update("k", lambda v: v + "!", fence=NEW) == "new!"
+        assert store.delete_many(["k"], fence=NEWER) == 1
+    finally:
+        store.close()
