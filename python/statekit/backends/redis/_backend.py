@@ -72,7 +72,7 @@ from statekit.backends.redis import _scripts as lua
 from statekit.backends.redis._config import RedisConfig, RedisStats
 from statekit.backends.redis._index import RangeIndex
 from statekit.backends.redis._topology import Block, make_topology
-from statekit.backends.redis._transport import Transport, check, check_exec
+from statekit.backends.redis._transport import LATENCY_BUCKETS, Transport, check, check_exec
 from statekit.errors import ConfigError, CorruptData, InvalidKey, KeyNotFound, NotInitialized
 
 __all__ = ["RedisStateBackend"]
@@ -980,6 +980,15 @@ class RedisStateBackend:
             else 0,
             active_connections=self._topology.connections(),
         )
+
+    def latency_histogram(self) -> tuple[tuple[float, ...], list[int], float]:
+        """Operation latencies, first attempt to result (retries included), without I/O.
+
+        ``(upper bounds in seconds, count per bucket, sum of seconds)``; the counts are not
+        cumulative and have one more entry than the bounds (above the last bound).
+        """
+        transport = self._transport
+        return LATENCY_BUCKETS, list(transport.latency_buckets), transport.latency_total_us / 1e6
 
     async def close(self) -> None:
         if self._transport.closed:
