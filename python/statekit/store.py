@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping, Sequence
+from contextlib import aclosing
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from statekit.backends.base import (
     BackendStats,
@@ -25,6 +26,9 @@ from statekit.backends.base import (
 )
 from statekit.errors import ConfigError, InvalidKey, KeyNotFound
 from statekit.serializers import PickleSerializer, Serializer, make_serializer
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator
 
 __all__ = ["TTL", "KeyValueStore", "StoreStats", "ttl_seconds"]
 
@@ -328,8 +332,11 @@ class KeyValueStore:
         ``limit`` stops after that many keys. Keys written or deleted while iterating may or may
         not be seen; no key is yielded twice and the order holds.
         """
-        async for key, _ in self._pages(prefix, None, limit, page_size, decode=False):
-            yield key
+        cut = len(self._prefix)
+        async with aclosing(self._pages(prefix, None, limit, page_size)) as pages:
+            async for rows in pages:
+                for key, _ in rows:
+                    yield key[cut:]
 
     async def iter_range(
         self,
@@ -340,12 +347,17 @@ class KeyValueStore:
         page_size: int = DEFAULT_PAGE_SIZE,
     ) -> AsyncIterator[tuple[str, Any]]:
         """The pairs of :meth:`range_get` (same bounds), yielded in pages of ``page_size``."""
-        async for pair in self._pages(start_key, end_key, limit, page_size, decode=True):
-            yield pair
+        cut = len(self._prefix)
+        decode = self._codec.decode
+        async with aclosing(self._pages(start_key, end_key, limit, page_size)) as pages:
+            async for rows in pages:
+                for key, data in rows:
+                    yield key[cut:], decode(data, key=key)
 
     async def _pages(
-        self, start_key: str, end_key: str | None, limit: int | None, page_size: int, *, decode: bool
-    ) -> AsyncIterator[tuple[str, Any]]:
+        self, start_key: str, end_key: str | None, limit: int | None, page_size: int
+    ) -> AsyncGenerator[list[tuple[str, bytes]], None]:
+        """The backend's ``(full key, raw value)`` rows of a range, a page (list) at a time."""
         start_key = check_bound(start_key, "start_key")
         end_key = None if end_key is None else check_bound(end_key, "end_key")
         left = check_limit(limit)
@@ -354,13 +366,11 @@ class KeyValueStore:
         prefix = self._prefix
         start = prefix + start_key
         end = prefix_upper_bound(start) if end_key is None else prefix + end_key
-        cut = len(prefix)
-        codec = self._codec
         while left is None or left > 0:
             want = page_size if left is None else min(page_size, left)
             rows = await self._backend.scan_range(start, end, want)
-            for key, data in rows:
-                yield key[cut:], (codec.decode(data, key=key) if decode else None)
+            if rows:
+                yield rows
             if len(rows) < want:
                 return
             if left is not None:

@@ -202,3 +202,15 @@ async def test_iter_keys_skips_expired_and_deleted_keys(store: KeyValueStore, el
     assert [k async for k in store.iter_keys("k", page_size=3)] == [
         f"k{i}" for i in range(10) if i not in (5, 7)
     ]
+
+
+async def test_breaking_out_of_an_iterator_leaves_the_store_usable(store: KeyValueStore) -> None:
+    await store.put_many({f"k{i:02d}": i for i in range(30)})
+    seen = []
+    async for key in store.iter_keys(page_size=4):
+        seen.append(key)
+        if len(seen) == 6:
+            break
+    assert seen == [f"k{i:02d}" for i in range(6)]
+    assert await store.delete("k03")
+    assert [k async for k in store.iter_keys(limit=4)] == ["k00", "k01", "k02", "k04"]
