@@ -355,6 +355,9 @@ class StatekitCollector:
         Counters become ``ObservableCounter``, gauges ``ObservableGauge``. OpenTelemetry has no
         asynchronous histogram, so a latency histogram is reported as two observable counters,
         ``<name>.count`` and ``<name>.sum``. Names are the Prometheus ones without ``_total``.
+        Instruments are made for the metrics the sources have now: add every store and
+        coordinator first (a source added later is only reported under instrument names that
+        already exist).
 
         Raises:
             ConfigError: the OpenTelemetry API is not installed (``pip install opentelemetry-api``).
