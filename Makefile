@@ -20,7 +20,7 @@ $(PY):
 
 # Release build of the Rust extension, installed in editable mode with every extra we use.
 $(BUILT): $(PY) $(RUST_SOURCES) $(PY_META)
-	$(VENV)/bin/maturin develop --release --quiet -E test,bench,dev,redis,s3,postgres
+	$(VENV)/bin/maturin develop --release --quiet -E test,bench,dev,redis,s3,postgres,metrics
 	@touch $@
 
 install: $(BUILT) ## create .venv and build the extension (release)

@@ -73,6 +73,7 @@ CONTRACT: dict[str, list[str]] = {
         "StorageBuilder",
         "create_storage_stack",
     ],
+    "statekit.metrics": ["StatekitCollector"],
 }
 
 

@@ -8,10 +8,11 @@ validation. Backends only see prefixed ``str`` keys and ``bytes`` values.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping, Sequence
+from contextlib import aclosing
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from statekit._fence import Fence
 from statekit.backends.base import (
@@ -22,13 +23,20 @@ from statekit.backends.base import (
     check_limit,
     check_ttl,
     parse_counter,
+    prefix_upper_bound,
 )
-from statekit.errors import ConfigError, InvalidKey
+from statekit.errors import ConfigError, InvalidKey, KeyNotFound
 from statekit.serializers import PickleSerializer, Serializer, make_serializer
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator
 
 __all__ = ["TTL", "KeyValueStore", "StoreStats", "ttl_seconds"]
 
 logger = logging.getLogger("statekit")
+
+#: How many keys one page of ``iter_keys``/``iter_range`` reads from the backend.
+DEFAULT_PAGE_SIZE = 1000
 
 #: A time-to-live: seconds (int or float), a timedelta, or a duration string ("90s", "2h", "1h30m").
 TTL = float | int | timedelta | str
@@ -308,6 +316,107 @@ class KeyValueStore:
             fence, [full_key(k) for k in keys]
         )
         return removed
+
+    # -- expiry, clear and paged iteration -------------------------------------------------
+
+    async def ttl(self, key: str) -> float | None:
+        """Seconds until ``key`` expires (a float), or None when it never expires.
+
+        Raises:
+            KeyNotFound: ``key`` holds nothing live. A missing key is not None (which means "never
+                expires"): the two answers redis-py gives as ``-2`` and ``-1`` stay apart.
+        """
+        try:
+            return await self._backend.ttl(self._full_key(key))
+        except KeyNotFound:
+            raise KeyNotFound(key) from None
+
+    async def expire(self, key: str, ttl: TTL) -> bool:
+        """Make ``key`` expire ``ttl`` (seconds, timedelta or ``"90s"``) from now, keeping its value.
+
+        True when the key exists; False (nothing written) when it holds nothing live.
+        """
+        seconds = ttl_seconds(ttl)
+        if seconds is None:
+            raise ConfigError("expire needs a ttl; use persist() to remove an expiry")
+        return await self._backend.expire(self._full_key(key), seconds)
+
+    async def persist(self, key: str) -> bool:
+        """Remove ``key``'s expiry (it then never expires). True when it had one (as Redis
+        ``PERSIST``); False when it is missing or already never expires."""
+        return await self._backend.persist(self._full_key(key))
+
+    async def touch(self, key: str, ttl: TTL | None = None) -> bool:
+        """Restart ``key``'s TTL without rewriting its value; True when the key exists.
+
+        The new expiry is ``ttl`` from now, else the store's ``default_ttl`` from now; with
+        neither, the key is left to never expire (as a ``put`` without a TTL would).
+        """
+        return await self._backend.touch(self._full_key(key), self._ttl(ttl))
+
+    async def clear(self) -> int:
+        """Delete every key under this store's ``key_prefix``; return how many live keys went.
+
+        Only this store's prefix is touched: other stores on the same backend keep their keys.
+        A store without a ``key_prefix`` empties the whole backend (its statekit keys). On Redis
+        the keys are found through the range index, never by ``KEYS``/``SCAN`` of the server;
+        with ``range_index=False`` this raises ConfigError and deletes nothing.
+        """
+        return await self._backend.clear(self._prefix)
+
+    async def iter_keys(
+        self, prefix: str = "", limit: int | None = None, *, page_size: int = DEFAULT_PAGE_SIZE
+    ) -> AsyncIterator[str]:
+        """Every live key starting with ``prefix``, sorted, read ``page_size`` at a time.
+
+        Like :meth:`keys` without building one list: a million keys cost one page of memory.
+        ``limit`` stops after that many keys. Keys written or deleted while iterating may or may
+        not be seen; no key is yielded twice and the order holds.
+        """
+        cut = len(self._prefix)
+        async with aclosing(self._pages(prefix, None, limit, page_size)) as pages:
+            async for rows in pages:
+                for key, _ in rows:
+                    yield key[cut:]
+
+    async def iter_range(
+        self,
+        start_key: str,
+        end_key: str | None = None,
+        limit: int | None = None,
+        *,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> AsyncIterator[tuple[str, Any]]:
+        """The pairs of :meth:`range_get` (same bounds), yielded in pages of ``page_size``."""
+        cut = len(self._prefix)
+        decode = self._codec.decode
+        async with aclosing(self._pages(start_key, end_key, limit, page_size)) as pages:
+            async for rows in pages:
+                for key, data in rows:
+                    yield key[cut:], decode(data, key=key)
+
+    async def _pages(
+        self, start_key: str, end_key: str | None, limit: int | None, page_size: int
+    ) -> AsyncGenerator[list[tuple[str, bytes]], None]:
+        """The backend's ``(full key, raw value)`` rows of a range, a page (list) at a time."""
+        start_key = check_bound(start_key, "start_key")
+        end_key = None if end_key is None else check_bound(end_key, "end_key")
+        left = check_limit(limit)
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise ConfigError(f"page_size must be an int >= 1, got {page_size!r}")
+        prefix = self._prefix
+        start = prefix + start_key
+        end = prefix_upper_bound(start) if end_key is None else prefix + end_key
+        while left is None or left > 0:
+            want = page_size if left is None else min(page_size, left)
+            rows = await self._backend.scan_range(start, end, want)
+            if rows:
+                yield rows
+            if len(rows) < want:
+                return
+            if left is not None:
+                left -= len(rows)
+            start = rows[-1][0] + "\x00"  # the smallest key after the last one
 
     # -- lifecycle and stats -------------------------------------------------------------
 

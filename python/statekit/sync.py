@@ -43,7 +43,7 @@ import inspect
 import os
 import threading
 import weakref
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -275,6 +275,61 @@ class SyncStore:
     def keys(self, prefix: str = "") -> list[str]:
         """Every live key starting with ``prefix``, sorted."""
         return self._call(self._store.keys(prefix))
+
+    def iter_keys(
+        self, prefix: str = "", limit: int | None = None, *, page_size: int = 1000
+    ) -> Iterator[str]:
+        """Every live key starting with ``prefix``, sorted, read a page at a time (see
+        :meth:`KeyValueStore.iter_keys`); one call to the background loop per page."""
+        return self._iterate(self._store.iter_keys(prefix, limit, page_size=page_size), page_size)
+
+    def iter_range(
+        self, start_key: str, end_key: str | None = None, limit: int | None = None, *, page_size: int = 1000
+    ) -> Iterator[tuple[str, Any]]:
+        """The pairs of :meth:`range_get`, read a page at a time (see :meth:`KeyValueStore.iter_range`)."""
+        return self._iterate(
+            self._store.iter_range(start_key, end_key, limit, page_size=page_size), page_size
+        )
+
+    def _iterate(self, pages: AsyncIterator[T], page_size: int) -> Iterator[T]:
+        async def next_page() -> list[T]:
+            out: list[T] = []
+            async for item in pages:
+                out.append(item)
+                if len(out) >= page_size:
+                    break
+            return out
+
+        async def close() -> None:
+            await pages.aclose()  # type: ignore[attr-defined]
+
+        try:
+            while page := self._call(next_page()):
+                yield from page
+                if len(page) < page_size:
+                    return
+        finally:
+            self._call(close())
+
+    def ttl(self, key: str) -> float | None:
+        """Seconds until ``key`` expires, None when it never does; KeyNotFound when missing."""
+        return self._call(self._store.ttl(key))
+
+    def expire(self, key: str, ttl: TTL) -> bool:
+        """Make ``key`` expire ``ttl`` from now; True when it exists."""
+        return self._call(self._store.expire(key, ttl))
+
+    def persist(self, key: str) -> bool:
+        """Remove ``key``'s expiry; True when it had one."""
+        return self._call(self._store.persist(key))
+
+    def touch(self, key: str, ttl: TTL | None = None) -> bool:
+        """Restart ``key``'s TTL (``ttl``, else the default TTL); True when the key exists."""
+        return self._call(self._store.touch(key, ttl))
+
+    def clear(self) -> int:
+        """Delete every key under the store's ``key_prefix``; how many live keys went."""
+        return self._call(self._store.clear())
 
     def put_many(
         self,

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from statekit.backends.base import RESERVED_KEY_PREFIX
-from statekit.errors import ConfigError, InvalidKey, StorageError
+from statekit.errors import ConfigError, InvalidKey, KeyNotFound, StorageError
 from tests.conftest import BACKEND_FACTORIES, BackendFactory, FakeClock
 
 T = TypeVar("T")
@@ -34,6 +34,8 @@ limits = st.none() | st.integers(min_value=0, max_value=5)
 # What a caller may wrongly pass as a key: each must be refused before anything is written.
 bad_keys = st.sampled_from(["", b"", b"\xff", "a\udc80", 7, None, RESERVED_KEY_PREFIX + "index:}:lex"])
 bad_ttls = st.sampled_from([0, -1.0, float("nan"), float("inf"), 1e300])
+#: How far a reported TTL may be from the model's (float rounding; real time passing on Redis).
+TTL_TOLERANCE = 0.05
 COUNTER = re.compile(rb"0|-?[1-9][0-9]{0,18}")
 
 
@@ -161,6 +163,58 @@ def make_backend_machine(factory: BackendFactory) -> type[RuleBasedStateMachine]
             expected = self.live(key)
             self.model.pop(key, None)
             assert self.run(self.backend.get_and_delete(key)) == expected
+
+        @rule(key=keys)
+        def ttl(self, key: str) -> None:
+            if self.live(key) is None:
+                try:
+                    self.run(self.backend.ttl(key))
+                except KeyNotFound:
+                    return
+                raise AssertionError(f"ttl of missing key {key!r} did not raise KeyNotFound")
+            expires_at = self.model[key][1]
+            left = self.run(self.backend.ttl(key))
+            if expires_at is None:
+                assert left is None
+            else:
+                assert left is not None
+                assert abs(left - (expires_at - self.clock())) < TTL_TOLERANCE
+
+        @rule(key=keys, ttl=st.sampled_from([1.0, 2.5, 10.0]))
+        def expire(self, key: str, ttl: float) -> None:
+            live = self.live(key)
+            assert self.run(self.backend.expire(key, ttl)) == (live is not None)
+            if live is not None:
+                self.model[key] = (live, self.expiry(ttl))
+
+        @rule(key=keys)
+        def persist(self, key: str) -> None:
+            live = self.live(key)
+            expected = live is not None and self.model[key][1] is not None
+            assert self.run(self.backend.persist(key)) == expected
+            if live is not None:
+                self.model[key] = (live, None)
+
+        @rule(key=keys, ttl=ttls)
+        def touch(self, key: str, ttl: float | None) -> None:
+            live = self.live(key)
+            assert self.run(self.backend.touch(key, ttl)) == (live is not None)
+            if live is not None:
+                self.model[key] = (live, self.expiry(ttl))
+
+        @rule(prefix=st.text(alphabet="ab:é\U0010ffff", max_size=2))
+        def clear(self, prefix: str) -> None:
+            expected = sum(1 for k, _ in self.live_items() if k.startswith(prefix))
+            for key in [k for k in self.model if k.startswith(prefix)]:
+                del self.model[key]
+            assert self.run(self.backend.clear(prefix)) == expected
+
+        @rule(start=st.text(alphabet="ab:é\U0010ffff", max_size=3), end=st.none() | keys, limit=limits)
+        def scan_range(self, start: str, end: str | None, limit: int | None) -> None:
+            expected = [(k, v) for k, v in self.live_items() if start <= k and (end is None or k < end)]
+            if limit is not None:
+                expected = expected[:limit]
+            assert self.run(self.backend.scan_range(start, end, limit)) == expected
 
         @rule(key=keys, amount=st.integers(min_value=-5, max_value=5), ttl=ttls)
         def incr_by(self, key: str, amount: int, ttl: float | None) -> None:

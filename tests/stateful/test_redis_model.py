@@ -52,6 +52,16 @@ class LongTTL:
     async def incr_by(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
         return await self.inner.incr_by(key, amount, self._ttl(ttl))
 
+    async def expire(self, key: str, ttl: float) -> bool:
+        return await self.inner.expire(key, ttl * TTL_STRETCH)
+
+    async def touch(self, key: str, ttl: float | None = None) -> bool:
+        return await self.inner.touch(key, self._ttl(ttl))
+
+    async def ttl(self, key: str) -> float | None:
+        left = await self.inner.ttl(key)
+        return None if left is None else left / TTL_STRETCH
+
     async def batch_get(self, keys: Sequence[str]) -> list[bytes | None]:
         return await self.inner.batch_get(keys)
 

@@ -41,6 +41,21 @@ from tests.unit.test_store import (  # noqa: F401 - collected here again, over t
     test_update_is_a_read_modify_write_without_lost_updates,
     test_utf8_bytes_keys_are_the_same_key_as_str,
 )
+from tests.unit.test_store_ops import (  # noqa: F401 - collected here again, over the cached backend
+    test_clear_deletes_only_the_stores_prefix_and_counts_live_keys,
+    test_clear_without_prefix_empties_the_backend,
+    test_expire_and_persist_keep_the_expiring_count_right,
+    test_expire_sets_a_ttl_on_an_existing_key_only,
+    test_expire_takes_durations_and_refuses_bad_arguments_before_writing,
+    test_iter_keys_pages_through_everything_in_order,
+    test_iter_keys_skips_expired_and_deleted_keys,
+    test_iter_range_matches_range_get,
+    test_iterators_refuse_bad_arguments,
+    test_persist_removes_an_expiry,
+    test_touch_restarts_the_ttl,
+    test_touch_without_ttl_applies_the_default_ttl,
+    test_ttl_reports_seconds_left_none_for_forever_and_raises_for_missing,
+)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import inspect
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,21 @@ from tests.unit.test_store import (  # noqa: F401 - collected here again, over t
     test_update_is_a_read_modify_write_without_lost_updates,
     test_utf8_bytes_keys_are_the_same_key_as_str,
 )
+from tests.unit.test_store_ops import (  # noqa: F401 - collected here again, over the sync API
+    test_clear_deletes_only_the_stores_prefix_and_counts_live_keys,
+    test_clear_without_prefix_empties_the_backend,
+    test_expire_and_persist_keep_the_expiring_count_right,
+    test_expire_sets_a_ttl_on_an_existing_key_only,
+    test_expire_takes_durations_and_refuses_bad_arguments_before_writing,
+    test_iter_keys_pages_through_everything_in_order,
+    test_iter_keys_skips_expired_and_deleted_keys,
+    test_iter_range_matches_range_get,
+    test_iterators_refuse_bad_arguments,
+    test_persist_removes_an_expiry,
+    test_touch_restarts_the_ttl,
+    test_touch_without_ttl_applies_the_default_ttl,
+    test_ttl_reports_seconds_left_none_for_forever_and_raises_for_missing,
+)
 
 
 class AsyncOverSync:
@@ -54,11 +69,19 @@ class AsyncOverSync:
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self.sync, name)
+        if name.startswith("iter_"):  # a blocking iterator, pulled from a worker thread item by item
+            return lambda *args, **kwargs: self._iterate(method(*args, **kwargs))
 
         async def call(*args: Any, **kwargs: Any) -> Any:
             return await asyncio.to_thread(method, *args, **kwargs)
 
         return call
+
+    @staticmethod
+    async def _iterate(items: Iterator[Any]) -> AsyncIterator[Any]:
+        done = object()
+        while (item := await asyncio.to_thread(next, items, done)) is not done:
+            yield item
 
 
 @pytest.fixture
@@ -178,3 +201,16 @@ print("done")
     assert proc.stderr == ""
     with create_store(f"sqlite:///{tmp_path / 'exit.db'}") as store:
         assert store.get_many(["k", "t"]) == ["written", "from a thread"]
+
+
+def test_sync_iterators_page_and_stop_early() -> None:
+    with create_store() as store:
+        store.put_many({f"k{i:04d}": i for i in range(2500)})
+        keys = store.iter_keys(page_size=100)
+        assert [next(keys) for _ in range(3)] == ["k0000", "k0001", "k0002"]
+        keys.close()  # an abandoned iterator closes its async generator on the loop
+        assert list(store.iter_keys("k24", page_size=7)) == [f"k24{i:02d}" for i in range(100)]
+        assert list(store.iter_range("k0010", "k0013")) == [("k0010", 10), ("k0011", 11), ("k0012", 12)]
+        assert sum(1 for _ in store.iter_keys(limit=1234)) == 1234
+        assert store.clear() == 2500
+        assert list(store.iter_keys()) == []

@@ -418,6 +418,51 @@ class StateBackend(Protocol):
         """True when the backend can serve requests. Never raises."""
         ...
 
+    async def ttl(self, key: str) -> float | None:
+        """Seconds until ``key`` expires (a float > 0), or None when it never expires.
+
+        Raises:
+            KeyNotFound: ``key`` holds nothing live (Redis' ``PTTL`` -2). "Never expires" (None,
+                Redis' -1) and "missing" are kept apart, as redis-py and cashews users expect.
+        """
+        ...
+
+    async def expire(self, key: str, ttl: float) -> bool:
+        """Make ``key`` expire ``ttl`` seconds from now; True when it exists (and was changed),
+        False when it holds nothing live (nothing is written). Like Redis ``PEXPIRE``."""
+        ...
+
+    async def persist(self, key: str) -> bool:
+        """Remove ``key``'s expiry; True when it had one (Redis ``PERSIST``), False when the key
+        is missing or already never expires."""
+        ...
+
+    async def touch(self, key: str, ttl: float | None = None) -> bool:
+        """Refresh ``key``'s expiry to ``ttl`` seconds from now without rewriting its value.
+
+        ``ttl=None`` applies what a ``put`` without a TTL would: the backend's own default TTL
+        when it has one (Redis ``default_ttl``), else "never expires". True when the key exists.
+        """
+        ...
+
+    async def clear(self, prefix: str = "") -> int:
+        """Delete every key that starts with ``prefix``; return how many live keys were deleted.
+
+        Keys outside ``prefix`` are untouched; ``prefix=""`` empties the backend (its user keys).
+        """
+        ...
+
+    async def scan_range(
+        self, start: str, end: str | None = None, limit: int | None = None
+    ) -> list[tuple[str, bytes]]:
+        """Sorted ``(key, value)`` pairs with ``start <= key`` and, when ``end`` is given,
+        ``key < end``; ``end=None`` means no upper bound (not a prefix query, unlike ``range``).
+
+        The building block of paged iteration (``KeyValueStore.iter_range``): the next page
+        starts at ``last_key + "\\x00"``, the smallest key after ``last_key``.
+        """
+        ...
+
     async def export_items(self, prefix: str = "") -> Sequence[Item]:
         """Every live key starting with ``prefix`` as ``(key, value, expires_at)`` items.
 

@@ -14,17 +14,18 @@ What is cached, and for how long:
   the value. Misses are not cached (a key written elsewhere is seen at the next read).
 * Writes go through to the backend first; ``put``/``batch_put`` then cache the written value, and
   every other write (``delete``, ``batch_delete``, ``incr_by``, ``get_and_delete``,
-  ``compare_and_set``, ``set_if_not_exists``, ``replace_prefix``) drops the keys it touches (a
+  ``compare_and_set``, ``set_if_not_exists``, ``replace_prefix``, ``expire``, ``persist``,
+  ``touch``, ``clear``) drops the keys it touches (a
   successful ``compare_and_set``/``set_if_not_exists`` caches the value it wrote).
 * A cached entry never outlives the key's own TTL: a write caches its value until its expiry;
   a read miss learns the key's expiry from the backend (``export_items(key)``: one extra range
   read per miss, over the keys that start with ``key``) before caching. Entries also leave after
   ``ttl`` seconds in the cache, when given, and the least recently used entries are evicted beyond
   ``max_entries``.
-* ``exists`` answers True from the cache; ``list_keys``, ``range``, ``export_items``, ``batch_get``
-  misses, counters and stats always go to the backend (``batch_get`` serves the cached keys and
-  reads the others, without caching them). Other read-only methods of the backend
-  (``refresh_stats``, ``ttl``) are passed through; backend methods not listed here that write
+* ``exists`` answers True from the cache; ``list_keys``, ``range``, ``scan_range``, ``ttl``,
+  ``export_items``, ``batch_get`` misses, counters and stats always go to the backend (``batch_get``
+  serves the cached keys and reads the others, without caching them). Other read-only methods of
+  the backend (``refresh_stats``) are passed through; backend methods not listed here that write
   are not reachable through the cache (they would bypass its invalidation).
 
 Invalidation is local to this object: the cache is correct when every write to the keys it serves
@@ -48,7 +49,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from statekit.backends.base import BackendStats, Item, StateBackend, check_key, check_ttl
@@ -57,7 +58,7 @@ from statekit.errors import ConfigError
 __all__ = ["CachedStateBackend"]
 
 #: Backend methods that only read, forwarded as they are when the backend has them.
-_PASSED_THROUGH = frozenset({"refresh_stats", "ttl"})
+_PASSED_THROUGH = frozenset({"refresh_stats"})
 
 
 class CachedStateBackend:
@@ -249,6 +250,14 @@ class CachedStateBackend:
     async def export_items(self, prefix: str = "") -> Sequence[Item]:
         return await self._backend.export_items(prefix)
 
+    async def ttl(self, key: str) -> float | None:
+        return await self._backend.ttl(key)
+
+    async def scan_range(
+        self, start: str, end: str | None = None, limit: int | None = None
+    ) -> list[tuple[str, bytes]]:
+        return await self._backend.scan_range(start, end, limit)
+
     # -- writes ------------------------------------------------------------------------------
 
     async def put(self, key: str, value: bytes, ttl: float | None = None) -> None:
@@ -338,6 +347,32 @@ class CachedStateBackend:
         finally:
             self.invalidate(prefix=prefix)  # reads that started before may have filled some
 
+    async def expire(self, key: str, ttl: float) -> bool:
+        return await self._expiry_write(key, lambda k: self._backend.expire(k, ttl))
+
+    async def persist(self, key: str) -> bool:
+        return await self._expiry_write(key, self._backend.persist)
+
+    async def touch(self, key: str, ttl: float | None = None) -> bool:
+        return await self._expiry_write(key, lambda k: self._backend.touch(k, ttl))
+
+    async def _expiry_write(self, key: str, write: Callable[[str], Awaitable[bool]]) -> bool:
+        # The entry's deadline follows the key's expiry: drop it, the next read learns the new one.
+        key = check_key(key)
+        mine = self._begin_write([key])
+        try:
+            return await write(key)
+        finally:
+            self._end_write([key], mine)
+
+    async def clear(self, prefix: str = "") -> int:
+        self._writes += 1
+        self.invalidate(prefix=prefix)
+        try:
+            return await self._backend.clear(prefix)
+        finally:
+            self.invalidate(prefix=prefix)  # reads that started before may have filled some
+
     # -- the rest ----------------------------------------------------------------------------
 
     async def health_check(self) -> bool:
@@ -345,7 +380,7 @@ class CachedStateBackend:
 
     def __getattr__(self, name: str) -> Any:
         # Read-only extras of the backend, passed through when it has them (Redis's server-side
-        # ``refresh_stats``, a ``ttl`` read). Anything that writes is deliberately not forwarded:
+        # ``refresh_stats``). Anything that writes is deliberately not forwarded:
         # it would bypass the invalidation above.
         if name in _PASSED_THROUGH:
             return getattr(self._backend, name)

@@ -45,7 +45,7 @@ from statekit.backends.base import (
     parse_counter,
     prefix_upper_bound,
 )
-from statekit.errors import InvalidValue, NotInitialized
+from statekit.errors import ConfigError, InvalidValue, KeyNotFound, NotInitialized
 
 __all__ = ["MemoryStateBackend"]
 
@@ -385,6 +385,89 @@ class MemoryStateBackend:
             list(compress(columns.values, keep)),
             list(compress(expires, keep)),
         )
+
+    # -- expiry, clear, paged ranges -----------------------------------------------------
+
+    async def ttl(self, key: str) -> float | None:
+        """Seconds until ``key`` expires, None when it never does; KeyNotFound when missing."""
+        self._check_open()
+        key = check_key(key)
+        with self._lock:
+            if key not in self._data or self._is_expired(key):
+                raise KeyNotFound(key)
+            expires_at = self._expires.get(key)
+            return None if expires_at is None else expires_at - self._clock()
+
+    async def expire(self, key: str, ttl: float) -> bool:
+        self._check_open()
+        key, seconds = check_key(key), check_ttl(ttl)
+        if seconds is None:
+            raise ConfigError("expire needs a ttl; use persist() to remove an expiry")
+        return self._change_expiry(key, seconds)[0]
+
+    async def persist(self, key: str) -> bool:
+        self._check_open()
+        return self._change_expiry(check_key(key), None)[1]
+
+    async def touch(self, key: str, ttl: float | None = None) -> bool:
+        self._check_open()
+        key, seconds = check_key(key), check_ttl(ttl)
+        return self._change_expiry(key, seconds)[0]
+
+    def _change_expiry(self, key: str, ttl: float | None) -> tuple[bool, bool]:
+        """Set (``ttl`` seconds) or clear (None) a live key's expiry: ``(existed, had an expiry)``."""
+        with self._lock:
+            if key not in self._data or self._is_expired(key):
+                return False, False
+            had = key in self._expires
+            if ttl is None:
+                self._expires.pop(key, None)
+            else:
+                self._set(key, self._data[key], ttl)
+        return True, had
+
+    async def clear(self, prefix: str = "") -> int:
+        """Delete every key under ``prefix`` (under the lock); how many live keys were deleted."""
+        self._check_open()
+        prefix = check_bound(prefix, "prefix")
+        with self._lock:
+            data = self._data
+            upper = prefix_upper_bound(prefix)
+            doomed = list(data.irange(prefix, upper, inclusive=(True, False)))
+            now = self._clock()
+            expires = self._expires
+            live = sum(1 for key in doomed if (at := expires.get(key)) is None or at > now)
+            if len(doomed) == len(data):
+                self._data = SortedDict()
+                self._expires = {}
+                self._expiry_heap = []
+            else:
+                for key in doomed:
+                    del data[key]
+                    expires.pop(key, None)
+        self._stats.batch_count += 1
+        self._stats.delete_count += len(doomed)
+        return live
+
+    async def scan_range(
+        self, start: str, end: str | None = None, limit: int | None = None
+    ) -> list[tuple[str, bytes]]:
+        """Live ``(key, value)`` pairs with ``start <= key < end`` (``end=None``: unbounded)."""
+        self._check_open()
+        start = check_bound(start, "start")
+        end = None if end is None else check_bound(end, "end")
+        limit = check_limit(limit)
+        out: list[tuple[str, bytes]] = []
+        if limit == 0:
+            return out
+        with self._lock:
+            data = self._data
+            for key in self._iter_range(start, end):
+                out.append((key, data[key]))
+                if limit is not None and len(out) >= limit:
+                    break
+        self._stats.bytes_read += sum(len(v) for _, v in out)
+        return out
 
     # -- housekeeping --------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ from statekit.backends.base import (
     parse_counter,
     prefix_upper_bound,
 )
-from statekit.errors import ConfigError, NotInitialized, StateError, StorageError
+from statekit.errors import ConfigError, KeyNotFound, NotInitialized, StateError, StorageError
 
 __all__ = ["DURABILITY_LEVELS", "SqliteStateBackend"]
 
@@ -517,6 +517,77 @@ class SqliteStateBackend:
         stats.batch_count += 1
         stats.put_count += written
         stats.bytes_written += size
+
+    # -- expiry, clear, paged ranges -------------------------------------------------------
+
+    async def ttl(self, key: str) -> float | None:
+        """Seconds until ``key`` expires, None when it never does; KeyNotFound when missing."""
+        return await self._run(self._ttl, check_key(key))
+
+    def _ttl(self, key: str) -> float | None:
+        now = self._clock()
+        row = self._conn.execute(
+            f"SELECT expires_at FROM statekit_kv WHERE key = ? AND {_LIVE}", (key, now)
+        ).fetchone()
+        if row is None:
+            raise KeyNotFound(key)
+        return None if row[0] is None else float(row[0]) - now
+
+    async def expire(self, key: str, ttl: float) -> bool:
+        key, seconds = check_key(key), check_ttl(ttl)
+        if seconds is None:
+            raise ConfigError("expire needs a ttl; use persist() to remove an expiry")
+        return await self._run(self._set_expiry, key, seconds, False)
+
+    async def persist(self, key: str) -> bool:
+        return await self._run(self._set_expiry, check_key(key), None, True)
+
+    async def touch(self, key: str, ttl: float | None = None) -> bool:
+        key, seconds = check_key(key), check_ttl(ttl)
+        return await self._run(self._set_expiry, key, seconds, False)
+
+    def _set_expiry(self, key: str, ttl: float | None, only_expiring: bool) -> bool:
+        """Set or clear (None) a live key's expiry; True when a row changed. ``only_expiring``:
+        only a key that has an expiry counts (``persist``)."""
+        now = self._clock()
+        where = "expires_at > ?" if only_expiring else _LIVE
+        with _transaction(self._conn):
+            cursor = self._conn.execute(
+                f"UPDATE statekit_kv SET expires_at = ? WHERE key = ? AND {where}",
+                (None if ttl is None else now + ttl, key, now),
+            )
+        return cursor.rowcount == 1
+
+    async def clear(self, prefix: str = "") -> int:
+        """Delete every row under ``prefix`` in one transaction; how many live keys went."""
+        return await self._run(self._clear, check_bound(prefix, "prefix"))
+
+    def _clear(self, prefix: str) -> int:
+        bounds, params = _key_bounds(prefix, prefix_upper_bound(prefix))
+        now = self._clock()
+        with _transaction(self._conn):
+            rows = self._conn.execute(
+                f"DELETE FROM statekit_kv WHERE {bounds} RETURNING expires_at", params
+            ).fetchall()
+        self._stats.batch_count += 1
+        self._stats.delete_count += len(rows)
+        return sum(1 for (expires_at,) in rows if expires_at is None or expires_at > now)
+
+    async def scan_range(
+        self, start: str, end: str | None = None, limit: int | None = None
+    ) -> list[tuple[str, bytes]]:
+        """Live ``(key, value)`` pairs with ``start <= key < end`` (``end=None``: unbounded)."""
+        start = check_bound(start, "start")
+        end = None if end is None else check_bound(end, "end")
+        return await self._run(self._scan_range, start, end, check_limit(limit))
+
+    def _scan_range(self, start: str, end: str | None, limit: int | None) -> list[tuple[str, bytes]]:
+        bounds, params = _key_bounds(start, end)
+        sql = f"SELECT key, value FROM statekit_kv WHERE {bounds} AND {_LIVE} ORDER BY key LIMIT ?"
+        params += [self._clock(), -1 if limit is None else limit]
+        rows: list[tuple[str, bytes]] = self._conn.execute(sql, params).fetchall()
+        self._stats.bytes_read += sum(len(v) for _, v in rows)
+        return rows
 
     def _maybe_cleanup(self) -> None:
         """Delete expired rows, at most once per cleanup_interval (inside the caller's transaction)."""

@@ -60,6 +60,7 @@ from statekit.backends.base import (
     check_item_prefix,
     check_key,
     check_keys,
+    check_limit,
     check_pairs,
     check_ttl,
     check_value,
@@ -71,8 +72,8 @@ from statekit.backends.redis import _scripts as lua
 from statekit.backends.redis._config import RedisConfig, RedisStats
 from statekit.backends.redis._index import RangeIndex
 from statekit.backends.redis._topology import Block, make_topology
-from statekit.backends.redis._transport import Transport, check, check_exec
-from statekit.errors import ConfigError, CorruptData, InvalidKey, NotInitialized
+from statekit.backends.redis._transport import LATENCY_BUCKETS, Transport, check, check_exec
+from statekit.errors import ConfigError, CorruptData, InvalidKey, KeyNotFound, NotInitialized
 
 __all__ = ["RedisStateBackend"]
 
@@ -452,6 +453,106 @@ class RedisStateBackend:
             return parse_counter(b"not an integer", key, self.backend_type)
         return int(raw.removeprefix(b"new:"))
 
+    # -- expiry ----------------------------------------------------------------------------
+
+    async def ttl(self, key: str) -> float | None:
+        """Seconds until ``key`` expires (``PTTL``), None when it never does; KeyNotFound when missing."""
+        key = self._key(key)
+        self._open()
+        full = self._prefix + key
+        ms = int(await self._transport.retry("ttl", key, lambda: self._command(full, ["PTTL", full])))
+        if ms == -2:
+            raise KeyNotFound(key)
+        return None if ms == -1 else ms / 1000
+
+    async def expire(self, key: str, ttl: float) -> bool:
+        """``PEXPIRE`` plus the index's expiry entry (one script on one server); True when the key exists."""
+        key = self._key(key)
+        seconds = check_ttl(ttl)
+        if seconds is None:
+            raise ConfigError("expire needs a ttl; use persist() to remove an expiry")
+        return (await self._change_expiry("expire", key, _px(seconds)))[0]
+
+    async def persist(self, key: str) -> bool:
+        """``PERSIST`` plus the index's expiry entry; True when the key had an expiry.
+
+        A retry after a lost reply may report False for an expiry the first attempt removed.
+        """
+        key = self._key(key)
+        return (await self._change_expiry("persist", key, 0))[1]
+
+    async def touch(self, key: str, ttl: float | None = None) -> bool:
+        """Refresh ``key``'s expiry to ``ttl`` (None: the config's ``default_ttl``, else none)."""
+        key = self._key(key)
+        px = _px(self._ttl(ttl))
+        return (await self._change_expiry("touch", key, px))[0]
+
+    async def _change_expiry(self, op: str, key: str, px: int) -> tuple[bool, bool]:
+        """Set (``px`` ms) or clear (0) an expiry: ``(exists, changed)``.
+
+        On one server the value and the index's expiry entry change in one script. In a cluster
+        the entry is changed after the value (a crash in between only skews ``expiring_keys``
+        until the next prune; range reads never use it).
+        """
+        self._open()
+        full = self._prefix + key
+        index_keys, together = self._index_keys(full)
+
+        async def call() -> tuple[bool, bool]:
+            score = _now_ms() + px
+            exists, changed = await self._eval(lua.EXPIRY, [full, *index_keys], [px, key, together, score])
+            index = self._apart()
+            if exists and index is not None:
+                shard = index.shard_of(full)
+                entry: list[Any] = (
+                    ["ZADD", index.exp[shard], score, key] if px else ["ZREM", index.exp[shard], key]
+                )
+                await self._topology.call(index.slots[shard], entry)
+            return bool(exists), bool(changed)
+
+        return await self._transport.retry(op, key, call)
+
+    async def clear(self, prefix: str = "") -> int:
+        """Delete every key under ``prefix``, page by page through the range index.
+
+        Never ``KEYS`` or ``SCAN`` of the server: only keys this backend's index knows are
+        deleted (with their index members), so other key prefixes and other applications' keys
+        on the same server are untouched. Not atomic: a key written under ``prefix`` while
+        ``clear`` runs may survive it. With ``range_index=False`` there is no index to walk:
+        ConfigError, and nothing is deleted.
+        """
+        prefix = _bound(prefix)
+        self._open()
+        index = self._index
+        if index is None:
+            raise ConfigError(
+                "redis clear: this backend was configured with range_index=False, so it keeps no index "
+                "of its keys and cannot find them without scanning the whole server (which statekit "
+                "never does); nothing was deleted. Delete known keys with batch_delete, or use "
+                "range_index=True (the default)"
+            )
+        upper = prefix_upper_bound(prefix)
+        cursor: list[bytes | None] = [None] * index.shards
+        removed = 0
+        while names := await index.scan("clear", prefix, prefix, upper, None, cursor):
+            removed += await self._delete_keys(names, "clear")
+        return removed
+
+    async def scan_range(
+        self, start: str, end: str | None = None, limit: int | None = None
+    ) -> list[tuple[str, bytes]]:
+        """Live ``(key, value)`` pairs with ``start <= key < end`` (``end=None``: unbounded)."""
+        start = _bound(start)
+        end = None if end is None else _bound(end)
+        limit = check_limit(limit)
+        self._open()
+        index = self._range_index("scan_range")
+        if limit == 0:
+            return []
+        rows = await self._scan(index, "scan_range", start, end, limit, bounded=True)
+        self._stats.bytes_read += sum(len(v) for _, v in rows)
+        return rows
+
     # -- ranges --------------------------------------------------------------------------
 
     async def range(
@@ -476,10 +577,20 @@ class RedisStateBackend:
         return [key for key, _ in await self._scan(index, "list_keys", prefix, None, None)]
 
     async def _scan(
-        self, index: RangeIndex, op: str, start: str, end: str | None, limit: int | None
+        self,
+        index: RangeIndex,
+        op: str,
+        start: str,
+        end: str | None,
+        limit: int | None,
+        *,
+        bounded: bool = False,
     ) -> list[tuple[str, bytes]]:
-        """Live keys from the merged index shards, with their values; dead members are pruned."""
-        upper = prefix_upper_bound(start) if end is None else end
+        """Live keys from the merged index shards, with their values; dead members are pruned.
+
+        ``end=None`` is a prefix query, or no upper bound at all when ``bounded``.
+        """
+        upper = prefix_upper_bound(start) if end is None and not bounded else end
         cursor: list[bytes | None] = [None] * index.shards
         out: list[tuple[str, bytes]] = []
         while limit is None or len(out) < limit:
@@ -869,6 +980,15 @@ class RedisStateBackend:
             else 0,
             active_connections=self._topology.connections(),
         )
+
+    def latency_histogram(self) -> tuple[tuple[float, ...], list[int], float]:
+        """Operation latencies, first attempt to result (retries included), without I/O.
+
+        ``(upper bounds in seconds, count per bucket, sum of seconds)``; the counts are not
+        cumulative and have one more entry than the bounds (above the last bound).
+        """
+        transport = self._transport
+        return LATENCY_BUCKETS, list(transport.latency_buckets), transport.latency_total_us / 1e6
 
     async def close(self) -> None:
         if self._transport.closed:

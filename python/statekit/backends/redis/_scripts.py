@@ -20,6 +20,7 @@ __all__ = [
     "CAS",
     "DELETE",
     "DELETE_MANY",
+    "EXPIRY",
     "GETDEL",
     "INCR",
     "PRUNE",
@@ -220,4 +221,20 @@ for _, member in ipairs(dead) do
   end
 end
 return #dead
+""")
+
+# Set or clear an expiry, with the index's expiry entry. KEYS: key (, lex, exp). ARGV: ttl ms ("0":
+# clear it, PERSIST), member, "1" to update the index, score. Returns {exists, changed}: changed is
+# PEXPIRE's or PERSIST's reply. Nothing is written for a missing key.
+EXPIRY: Final = Script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
+local changed
+if ARGV[1] == '0' then
+  changed = redis.call('PERSIST', KEYS[1])
+  if ARGV[3] == '1' then redis.call('ZREM', KEYS[3], ARGV[2]) end
+else
+  changed = redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  if ARGV[3] == '1' then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2]) end
+end
+return {1, changed}
 """)

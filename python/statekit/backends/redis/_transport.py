@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Any, Final, Protocol, TypeVar
@@ -55,12 +56,31 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from statekit.errors import NotInitialized, OutcomeUnknown, StorageError
 
-__all__ = ["Endpoint", "NotSent", "Transport", "reply_error"]
+__all__ = ["LATENCY_BUCKETS", "Endpoint", "NotSent", "Transport", "reply_error"]
 
 T = TypeVar("T")
 
 #: Bytes read from a connection at a time while replies are pending.
 _READ_SIZE: Final = 1 << 20
+#: Upper bounds (seconds) of the operation latency histogram (statekit.metrics).
+LATENCY_BUCKETS: Final = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 
 class NotSent(RedisConnectionError):
@@ -156,6 +176,8 @@ class Transport:
         self.closed = False
         self.latency_total_us = 0
         self.latency_count = 0
+        #: Operations per latency bucket (not cumulative; the last one is "above every bound").
+        self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         #: Called before each attempt (the cluster topology refreshes its slot map there).
         self.before_attempt: Callable[[], Awaitable[None]] | None = None
 
@@ -288,8 +310,10 @@ class Transport:
                     self._on_error()
                     raise self.error(op, key, self.safe(exc)) from None
                 else:
-                    self.latency_total_us += int((time.perf_counter() - started) * 1e6)
+                    elapsed = time.perf_counter() - started
+                    self.latency_total_us += int(elapsed * 1e6)
                     self.latency_count += 1
+                    self.latency_buckets[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
                     return result
                 if final:
                     self._on_error()
