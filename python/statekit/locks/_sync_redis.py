@@ -310,7 +310,6 @@ def _make_sync_client(config: Any, renew_every: float) -> Any:
     # against the clock either way, but a stuck socket must not delay the next attempt.
     common["socket_timeout"] = min(common["socket_timeout"], max(renew_every, 0.05))
     if config.cluster_mode:
-        startup = [ClusterNode(h, p) for h, p, _ in nodes]  # type: ignore[no-untyped-call]
+        startup = [ClusterNode(n["host"], n["port"]) for n in nodes]  # type: ignore[no-untyped-call]
         return RedisCluster(startup_nodes=startup, **common)
-    host, port, db = nodes[0]
-    return redis.Redis(host=host, port=port, db=db, **common)
+    return redis.Redis(**nodes[0], db=config.db or 0, **common)

@@ -25,12 +25,12 @@ import secrets
 import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import unquote, urlsplit
 
 from statekit._fence import Fence
 from statekit._utils.durations import to_seconds
 from statekit.backends import RedisConfig
 from statekit.backends.base import RESERVED_KEY_PREFIX
+from statekit.backends.redis._config import redact_url
 from statekit.errors import ConfigError, StorageError
 from statekit.locks._lease import LeaseLock, OnLost, logger
 
@@ -312,65 +312,46 @@ class RedisLock(LeaseLock):
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def client_options(config: RedisConfig) -> tuple[list[tuple[str, int, int]], dict[str, Any]]:
-    """``[(host, port, db), ...]`` and the redis-py client options of ``config`` (no retries)."""
+def client_options(config: RedisConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The servers of ``config`` as redis-py address keywords (``host``/``port``, or
+    ``unix_socket_path``) and the client options shared by every connection (no retries: the lock
+    re-sends a request only when that is safe). Everything comes from the ``RedisConfig``, which
+    parsed the URLs once."""
     try:
         from redis.backoff import NoBackoff
         from redis.retry import Retry
     except ImportError as exc:
         raise ConfigError("RedisLock needs redis-py: pip install 'statekit[redis]'") from exc
-    try:
-        parts = [urlsplit(url) for url in config.urls]
-        nodes = [
-            (p.hostname or "localhost", p.port or 6379, config.db or int((p.path or "/0").strip("/") or 0))
-            for p in parts
-        ]
-    except ValueError:
-        raise ConfigError(f"invalid Redis URL {redact_url(config.urls[0])}") from None
-    first = parts[0]
-    tls = config.tls or first.scheme.lower().startswith("rediss")
+    addresses: list[dict[str, Any]] = [
+        {"unix_socket_path": node.path} if node.path is not None else {"host": node.host, "port": node.port}
+        for node in config.nodes
+    ]
     common: dict[str, Any] = {
-        "username": config.username if config.username is not None else _unquote(first.username),
-        "password": config.password if config.password is not None else _unquote(first.password),
+        "username": config.username,
+        "password": config.password,
         "socket_connect_timeout": config.connect_timeout,
         "socket_timeout": max(config.read_timeout, config.write_timeout),
-        "retry": Retry(NoBackoff(), 0),  # requests are re-sent by the lock only when that is safe
+        "retry": Retry(NoBackoff(), 0),
         "max_connections": max(2, min(config.max_connections, 4)),
         "decode_responses": True,
     }
-    if tls:
+    if config.tls and config.nodes[0].path is None:
         common.update(
             ssl=True,
             ssl_ca_certs=config.tls_ca_certs,
             ssl_cert_reqs="required" if config.tls_verify else "none",
             ssl_check_hostname=config.tls_verify,
         )
-    return nodes, common
+    return addresses, common
 
 
 def _make_client(config: RedisConfig) -> Any:
     """A redis-py asyncio client (or cluster client) built from ``config`` alone."""
-    nodes, common = client_options(config)
+    addresses, common = client_options(config)
     import redis.asyncio as aioredis
     from redis.asyncio.cluster import ClusterNode
 
     if config.cluster_mode:
-        return aioredis.RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p, _ in nodes], **common)
-    host, port, db = nodes[0]
-    return aioredis.Redis(host=host, port=port, db=db, **common)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and repr)."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-    except ValueError:
-        return "<unparsable URL>"
-    userinfo, host = parts.netloc.rsplit("@", 1)
-    return parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{host}").geturl()
-
-
-def _unquote(value: str | None) -> str | None:
-    return None if value is None else unquote(value)
+        startup = [ClusterNode(a["host"], a["port"]) for a in addresses]
+        return aioredis.RedisCluster(startup_nodes=startup, **common)
+    return aioredis.Redis(**addresses[0], db=config.db or 0, **common)
