@@ -30,10 +30,10 @@ build: $(BUILT) ## same as install
 run: $(BUILT) ## the stream job on SQLite: crash midway, resume, verify
 	rm -rf .statekit/stream-demo
 	@echo "--- run 1: killed hard after 400,000 events (exit code 70 is the simulated crash) ---"
-	$(PY) examples/stream_job.py --state-dir .statekit/stream-demo --crash-after 400000 $(STREAM_ARGS) \
+	$(PY) -m demo.stream_job --state-dir .statekit/stream-demo --crash-after 400000 $(STREAM_ARGS) \
 		|| [ $$? -eq 70 ]
 	@echo "--- run 2: restore the newest checkpoint, resume, verify ---"
-	$(PY) examples/stream_job.py --state-dir .statekit/stream-demo $(STREAM_ARGS)
+	$(PY) -m demo.stream_job --state-dir .statekit/stream-demo $(STREAM_ARGS)
 
 test: $(BUILT) ## the whole test suite (Rust unit tests + pytest)
 	cargo test --quiet
@@ -44,16 +44,16 @@ bench: $(BUILT) ## benchmarks side by side with the peers; prints ratios
 	$(PY) benches/report.py .bench.json
 
 lint: $(BUILT) ## ruff, mypy --strict, stubtest, rustfmt, clippy
-	$(VENV)/bin/ruff check python tests benches examples
-	$(VENV)/bin/ruff format --check python tests benches examples
+	$(VENV)/bin/ruff check python tests benches examples demo
+	$(VENV)/bin/ruff format --check python tests benches examples demo
 	$(VENV)/bin/mypy --strict python/statekit
 	$(PY) -m mypy.stubtest statekit._native
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 
 format: $(BUILT) ## apply ruff format and rustfmt
-	$(VENV)/bin/ruff format python tests benches examples
-	$(VENV)/bin/ruff check --fix python tests benches examples
+	$(VENV)/bin/ruff format python tests benches examples demo
+	$(VENV)/bin/ruff check --fix python tests benches examples demo
 	cargo fmt
 
 clean: ## remove build outputs and local state

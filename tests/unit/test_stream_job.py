@@ -1,14 +1,14 @@
-"""The runnable example ``examples/stream_job.py``, run for real.
+"""The stream job demo ``demo/stream_job/``, run for real.
 
-Most tests start it as a subprocess with a small stream, the way a user (and ``make run``)
-does, including the hard crash; a few import it to check its building blocks and that its
-verification does catch a wrong store.
+Most tests start it as a subprocess (``python -m demo.stream_job``) with a small stream, the way
+a user (and ``make run``) does, including the hard crash; a few import it to check its building
+blocks and that its verification does catch a wrong store.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import importlib
 import json
 import os
 import re
@@ -25,7 +25,11 @@ from statekit import create_store
 from statekit.checkpoint import CheckpointCoordinator, CheckpointOptions
 from statekit.locks import FileLock
 
-EXAMPLE = Path(__file__).parents[2] / "examples" / "stream_job.py"
+ROOT = Path(__file__).resolve().parents[2]
+#: How the job is started: as a module, from the repository root (put on the path, since the
+#: subprocesses run in a temporary directory).
+COMMAND = [sys.executable, "-m", "demo.stream_job"]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 EVENTS = 30_000
 BATCH = 2_000
 BATCHES = EVENTS // BATCH
@@ -43,26 +47,20 @@ LOCKED_CODE = 75
 
 @pytest.fixture(scope="module")
 def job() -> ModuleType:
-    """The example, imported as a module."""
-    spec = importlib.util.spec_from_file_location("stream_job", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["stream_job"] = module  # dataclasses look their module up here
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules["stream_job"]
-    return module
+    """The demo package, imported (it re-exports the building blocks the tests use)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module("demo.stream_job")
 
 
 def run_job(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(EXAMPLE), "--state-dir", str(state_dir), "--no-progress", *SMALL, *args],
+        [*COMMAND, "--state-dir", str(state_dir), "--no-progress", *SMALL, *args],
         capture_output=True,
         text=True,
         timeout=240,
         cwd=state_dir.parent,
+        env=ENV,
         check=False,
     )
 
@@ -583,11 +581,12 @@ def test_lost_lock_stops_before_the_next_commit(tmp_path: Path) -> None:
     events = 100_000  # seconds of work: plenty of time to pull the lock file from under it
     args = [*SMALL, "--events", str(events), "--lock-check-interval", "0.02"]
     with subprocess.Popen(
-        [sys.executable, str(EXAMPLE), "--state-dir", str(state), "--no-progress", *args],
+        [*COMMAND, "--state-dir", str(state), "--no-progress", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=tmp_path,
+        env=ENV,
     ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
