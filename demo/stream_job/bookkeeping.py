@@ -14,13 +14,7 @@ from pathlib import Path
 from typing import Final
 
 from statekit import KeyValueStore, create_store
-from statekit.checkpoint import (
-    CHECKPOINT_SUFFIX,
-    CheckpointCoordinator,
-    CheckpointOptions,
-    CheckpointStats,
-    scan_checkpoints,
-)
+from statekit.checkpoint import CheckpointCoordinator, CheckpointOptions, CheckpointStats
 from statekit.errors import CheckpointFailed, CorruptData, LockLost, RestoreFailed, StateError
 from statekit.persistence import PersistenceManager, StateTracker
 from statekit.runs import (
@@ -159,19 +153,13 @@ def reconcile_failure_log(failure_log: Path, committed: Committed) -> str | None
 # -- checkpoints -------------------------------------------------------------------------------
 
 
-def checkpoint_ids(directory: Path) -> list[str]:
-    """The ids of the checkpoint files in ``directory``, oldest first (damaged ones included)."""
-    readable, unreadable = scan_checkpoints(directory)
-    damaged = [path.name.removesuffix(CHECKPOINT_SUFFIX) for path, _ in unreadable]
-    return sorted([info.id for info in readable] + damaged)
-
-
-def remove_checkpoints(directory: Path) -> int:
-    """Delete the checkpoint files of ``directory`` (for --reset); files kept aside stay."""
-    ids = checkpoint_ids(directory)
-    for checkpoint_id in ids:
-        (directory / (checkpoint_id + CHECKPOINT_SUFFIX)).unlink(missing_ok=True)
-    return len(ids)
+def remove_checkpoints(coordinator: CheckpointCoordinator) -> int:
+    """Delete the coordinator's checkpoint files, damaged ones included (for --reset); files kept
+    aside as ``*.corrupt`` stay."""
+    listed = coordinator.list_checkpoints(include_damaged=True)
+    for info in listed:
+        info.path.unlink(missing_ok=True)
+    return len(listed)
 
 
 async def restore_checkpoint(coordinator: CheckpointCoordinator, committed: Committed) -> str | None:
@@ -179,15 +167,15 @@ async def restore_checkpoint(coordinator: CheckpointCoordinator, committed: Comm
 
     Returns the restored id, or None when there is no checkpoint or none could be restored: the
     store is then left as it is, which is consistent on its own (a restore is one transaction).
+    The checkpoints that failed are the coordinator's ``last_restore.set_aside``.
     """
-    directory = coordinator.checkpoint_dir
-    before = checkpoint_ids(directory)
-    if not before:
+    listed = coordinator.list_checkpoints(include_damaged=True)
+    if not listed:
         return None
     at = f"at offset {committed.offset:,}" if committed.offset else "empty"
     print(
-        f"checkpoints: {len(before)} in {directory}; the stream is unfinished (the store is {at}), so "
-        "the newest valid checkpoint is restored before resuming",
+        f"checkpoints: {len(listed)} in {coordinator.checkpoint_dir}; the stream is unfinished (the store is "
+        f"{at}), so the newest valid checkpoint is restored before resuming",
         flush=True,
     )
     restored: str | None = None
@@ -195,16 +183,10 @@ async def restore_checkpoint(coordinator: CheckpointCoordinator, committed: Comm
         restored = await coordinator.restore_latest()
     except RestoreFailed as exc:
         print(f"warning: {exc}; resuming from the store as it is", file=sys.stderr, flush=True)
-    for checkpoint_id in before:
-        if restored is not None and checkpoint_id <= restored:
-            continue
-        if not (directory / (checkpoint_id + CHECKPOINT_SUFFIX)).exists():
-            aside = sorted(path.name for path in directory.glob(f"{checkpoint_id}{CHECKPOINT_SUFFIX}.*"))
-            print(
-                f"checkpoint {checkpoint_id} failed verification: kept aside as "
-                f"{aside[-1] if aside else '(could not be renamed)'}",
-                flush=True,
-            )
+    result = coordinator.last_restore
+    for aside in reversed(result.set_aside if result is not None else ()):  # oldest first
+        kept = aside.path.name if aside.path is not None else "(could not be renamed)"
+        print(f"checkpoint {aside.checkpoint_id} failed verification: kept aside as {kept}", flush=True)
     return restored
 
 

@@ -217,7 +217,7 @@ async def run_locked(
             if path.exists():
                 path.unlink()
                 removed.append(path.name)
-        if coordinator is not None and (count := remove_checkpoints(coordinator.checkpoint_dir)):
+        if coordinator is not None and (count := remove_checkpoints(coordinator)):
             removed.append(f"{count} checkpoint(s)")
         also = f" and removed {', '.join(removed)}" if removed else ""
         print(f"--reset: deleted {deleted:,} keys of a previous run{also}", flush=True)
