@@ -820,15 +820,15 @@ class CheckpointCoordinator:
 
         Only regular files named exactly ``<id>.ckpt`` are checkpoints. Files whose header is
         damaged, and entries named like checkpoints that are not (a symlink, FIFO, directory,
-        an impossible date), never raise: they are logged and left out, or with
-        ``include_damaged=True`` listed as ``CheckpointInfo(damaged=<why>)`` (their other
-        fields zero, the timestamp from the id when it has one). ``verify()`` hashes a file;
-        ``restore*()`` always does.
+        an impossible date), never raise: they are logged (a warning each) and left out, or with
+        ``include_damaged=True`` listed, without a log, as ``CheckpointInfo(damaged=<why>)``
+        (their other fields zero, the timestamp from the id when it has one): the caller has the
+        reason. ``verify()`` hashes a file; ``restore*()`` always does.
         """
         readable, unreadable = scan_checkpoints(self.checkpoint_dir)
-        for path, exc in unreadable:
-            logger.warning("skipping unreadable checkpoint %s: %s", path.name, exc)
         if not include_damaged:
+            for path, exc in unreadable:
+                logger.warning("skipping unreadable checkpoint %s: %s", path.name, exc)
             return readable
         damaged = [_damaged_info(path, exc) for path, exc in unreadable]
         return sorted([*readable, *damaged], key=lambda info: info.path.name)

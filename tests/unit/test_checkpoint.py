@@ -924,6 +924,27 @@ async def test_special_entries_never_hang_or_raise(tmp_path: Path) -> None:
     assert all(name in left for name in specials), "not renamed"
 
 
+async def test_damaged_files_are_logged_only_when_left_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, coordinator, (old, new) = await _two_generations(tmp_path)
+    damaged = _new_id(tmp_path)
+    (tmp_path / f"{damaged}.ckpt").write_bytes(b"not a checkpoint")
+    with caplog.at_level(logging.WARNING, "statekit.checkpoint"):
+        listed = coordinator.list_checkpoints(include_damaged=True)
+    assert [(info.id, info.damaged is not None) for info in listed] == [
+        (old, False),
+        (new, False),
+        (damaged, True),
+    ]
+    assert caplog.records == []  # listed with its reason: nothing skipped, nothing to warn about
+    with caplog.at_level(logging.WARNING, "statekit.checkpoint"):
+        assert [info.id for info in coordinator.list_checkpoints()] == [old, new]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"skipping unreadable checkpoint {damaged}.ckpt: {listed[2].damaged}"
+    ]
+
+
 @pytest.mark.parametrize("bad_id", ["../x", "../../etc/passwd", "ckpt-20261399T000000.000000Z", "", "/tmp/x"])
 async def test_ids_are_never_paths(tmp_path: Path, bad_id: str) -> None:
     coordinator = CheckpointCoordinator(MemoryStateBackend(), 60, options(tmp_path))
