@@ -2,11 +2,13 @@
 
 Each backend keeps, per ``(lock name, key)``, the highest fence token that has written (or
 deleted) that key, outside the user's key space: the memory backend in a private dict, SQLite
-in its own table ``statekit_fences``. A fenced write first checks every key of the call against
+in its own table ``statekit_fences``, Redis in a hash per hash slot in its reserved namespace
+(see ``RedisStateBackend.fenced_put``). A fenced write first checks every key of the call against
 that record and refuses the whole call with :class:`~statekit.errors.StaleFence` when any key
 was written by a newer token of the same lock; the check, the record update and the write
-happen atomically (under the memory backend's lock; in one SQLite transaction). Unfenced writes
-are neither checked nor recorded.
+happen atomically (under the memory backend's lock; in one SQLite transaction; in one Lua script
+per hash slot on Redis, so a cluster batch spanning slots is atomic per slot, after a read-only
+check of every slot). Unfenced writes are neither checked nor recorded.
 """
 
 from __future__ import annotations

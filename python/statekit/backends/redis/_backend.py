@@ -24,8 +24,8 @@ are refused with InvalidKey, as are keys that would reach it through the key pre
 anything is sent.
 
 The operations that are not idempotent (``incr_by``, ``compare_and_set``, ``get_and_delete``,
-``set_if_not_exists``, ``batch_delete``) are Lua scripts that carry a random request id: the
-script first looks for the id's record (``{statekit-r...}:req:<id>``, in the data key's slot)
+``set_if_not_exists``, ``batch_delete``, the fenced writes) are Lua scripts that carry a random
+request id: the script first looks for the id's record (``{statekit-r...}:req:<id>``, in the data key's slot)
 and returns the result remembered there, else applies the operation and records its result for
 max(5 minutes, twice the retry budget), in one atomic call. A retry after a lost reply therefore
 returns the first result instead of applying the operation again.
@@ -51,6 +51,8 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
+from statekit._fence import Fence, check_fence
+from statekit.backends._fencing import stale_fence
 from statekit.backends.base import (
     MAX_TTL_SECONDS,
     RESERVED_KEY_PREFIX,
@@ -73,7 +75,14 @@ from statekit.backends.redis._config import RedisConfig, RedisStats
 from statekit.backends.redis._index import RangeIndex
 from statekit.backends.redis._topology import Block, make_topology
 from statekit.backends.redis._transport import LATENCY_BUCKETS, Transport, check, check_exec
-from statekit.errors import ConfigError, CorruptData, InvalidKey, KeyNotFound, NotInitialized
+from statekit.errors import (
+    ConfigError,
+    CorruptData,
+    InvalidKey,
+    KeyNotFound,
+    NotInitialized,
+    StaleFence,
+)
 
 __all__ = ["RedisStateBackend"]
 
@@ -798,6 +807,218 @@ class RedisStateBackend:
         stats.batch_count += 1
         stats.delete_count += len(keys)
         return removed
+
+    # -- fenced writes (see backends/_fencing.py) ------------------------------------------
+    #
+    # The record of each (lock name, key) is a field ``<lock name>\0<full key>`` -> highest token
+    # of a hash in the key's own hash slot, in the reserved namespace (``{statekit-r}:fence`` on
+    # one server; ``{<the slot's record tag>}:fence`` per slot in a cluster). One Lua script
+    # (_scripts.FENCED) checks the fields, records the token and writes (with the range index
+    # where it is in the same slot), so the check and the write are atomic per slot. On a
+    # standalone server the script also reads the lock's fence counter
+    # (``{statekit-lock:<name>}:fence``, see statekit.locks.redis) and refuses when a newer token
+    # of the lock has been issued at all, even if it has not written the key yet; in a cluster
+    # that counter is in another slot, so only the per-key record applies there. Each script
+    # carries a request record, like incr_by: a retry after a lost reply gets the first result,
+    # and a retry that cannot be decided raises OutcomeUnknown.
+
+    async def fenced_put(self, fence: Fence, key: str, value: bytes, ttl: float | None = None) -> None:
+        """``put``, refused with StaleFence (nothing written) when a newer token of ``fence.name``
+        wrote ``key`` or, on a standalone server, has been issued by ``RedisLock``."""
+        fence = check_fence(fence)
+        key = self._key(key)
+        value = check_value(value, key)
+        px = _px(self._ttl(ttl))
+        self._open()
+        if self._apart() is not None:
+            await self._fence_precheck(fence, [key], "put")
+            await self._index_add([key], px, "put", key)  # the index first: it may lead, never lag
+        await self._fenced_run("put", "p", fence, [key], [value], px)
+        self._stats.put_count += 1
+        self._stats.bytes_written += len(value)
+
+    async def fenced_batch_put(
+        self, fence: Fence, pairs: Iterable[tuple[str, bytes]], ttl: float | None = None
+    ) -> None:
+        """``batch_put`` under a fence: refused whole (nothing written) when a key is stale.
+
+        On one server the batch is one atomic script. In a cluster, a batch spanning several hash
+        slots is checked in every slot first (read-only), then written by one atomic script per
+        slot that checks again: it is atomic per slot, not as a whole (a newer holder writing
+        between the two steps gets StaleFence raised here after other slots were written).
+        """
+        fence = check_fence(fence)
+        items = check_pairs(pairs)  # the whole batch, before anything is sent
+        px = _px(self._ttl(ttl))
+        keys = [k for k, _ in items]
+        if self._prefix_can_reach_reserved:
+            self._keys(keys)
+        self._open()
+        if not items:
+            return
+        await self._fence_precheck(fence, keys, "batch_put")
+        await self._index_add(keys, px, "batch_put", keys[0])  # apart only: it may lead, never lag
+        await self._fenced_run("batch_put", "p", fence, keys, [v for _, v in items], px)
+        stats = self._stats
+        stats.batch_count += 1
+        stats.put_count += len(items)
+        stats.bytes_written += sum(len(v) for _, v in items)
+
+    async def fenced_batch_delete(self, fence: Fence, keys: Sequence[str]) -> int:
+        """``batch_delete`` under a fence (recorded like a write); atomic per slot as
+        :meth:`fenced_batch_put`."""
+        fence = check_fence(fence)
+        keys = self._keys(keys)
+        self._open()
+        if not keys:
+            return 0
+        await self._fence_precheck(fence, keys, "batch_delete")
+        removed = await self._fenced_run("batch_delete", "d", fence, keys, None, 0)
+        await self._index_remove(keys, "batch_delete", keys[0])  # after the values (apart only)
+        self._stats.batch_count += 1
+        self._stats.delete_count += len(keys)
+        return removed
+
+    async def fenced_compare_and_set(
+        self, fence: Fence, key: str, expected: bytes | None, value: bytes, ttl: float | None = None
+    ) -> bool:
+        """``compare_and_set`` under a fence (the fence is recorded even when the compare fails)."""
+        fence = check_fence(fence)
+        key = self._key(key)
+        value = check_value(value, key)
+        if expected is not None:
+            expected = check_value(expected, key)
+        px = _px(self._ttl(ttl))
+        self._open()
+        apart = self._apart() is not None
+        if apart:
+            await self._fence_precheck(fence, [key], "compare_and_set")
+            await self._index_add([key], None, "compare_and_set", key)
+        stored = bool(
+            await self._fenced_run("compare_and_set", "c", fence, [key], [value], px, expected=expected)
+        )
+        if apart:
+            if stored:
+                await self._index_add([key], px, "compare_and_set", key)
+            elif not await self._transport.retry(
+                "compare_and_set",
+                key,
+                lambda: self._command(self._prefix + key, ["EXISTS", self._prefix + key]),
+            ):
+                await self._prune([key])  # the member added above has no key behind it
+        if stored:
+            self._stats.put_count += 1
+            self._stats.bytes_written += len(value)
+        return stored
+
+    def _fence_fields(self, fence: Fence, full: list[str]) -> list[str]:
+        name = fence.name
+        return [f"{name}\0{k}" for k in full]
+
+    async def _fence_precheck(self, fence: Fence, keys: list[str], op: str) -> None:
+        """StaleFence when a key's record holds a newer token: a read-only check of every slot,
+        needed only where the write takes more than one script (a cluster)."""
+        if self._topology.spans_slots:
+            return
+        full = [self._prefix + k for k in keys]
+        groups = self._topology.by_slot(full)
+        if len(groups) < 2 and self._apart() is None:
+            return
+        fields = self._fence_fields(fence, full)
+        blocks: list[Block] = [
+            (slot, [["HMGET", self._topology.fence_key(slot), *(fields[i] for i in idx)]])
+            for slot, idx in groups.items()
+        ]
+        replies = await self._topology.run(op, keys[0], blocks)
+        for (_, idx), reply in zip(groups.items(), replies, strict=True):
+            for i, seen in zip(idx, check(reply[0]), strict=True):
+                if seen is not None and int(seen) > fence.token:
+                    raise stale_fence(fence, keys[i], int(seen))
+
+    async def _fenced_run(
+        self,
+        op: str,
+        code: str,
+        fence: Fence,
+        keys: list[str],
+        values: list[bytes] | None,
+        px: int,
+        *,
+        expected: bytes | None = None,
+    ) -> int:
+        """Run _scripts.FENCED once per slot; StaleFence when a script refused; else the sum of
+        the scripts' results."""
+        topology = self._topology
+        full = [self._prefix + k for k in keys]
+        fields = self._fence_fields(fence, full)
+        groups = topology.by_slot(full)
+        index = self._index
+        together = index is not None and index.together
+        counter = f"{RESERVED_KEY_PREFIX}lock:{fence.name}}}:fence" if topology.spans_slots else None
+        rid = _request_id()  # one per call: a retried script is remembered, never applied twice
+        score = _now_ms() + px if px else 0
+        head: list[Any] = [
+            code,
+            str(fence.token),
+            "1" if counter is not None else "0",
+            0,
+            px,
+            score,
+            b"" if expected is None else expected,
+            "1" if expected is None else "0",
+        ]
+        blocks: list[Block] = []
+        for slot, idx in groups.items():
+            n = len(idx)
+            fence_key = topology.fence_key(slot)
+            shard_keys: list[str] = []
+            position: dict[int, int] = {}
+            tail: list[Any] = []
+            for i in idx:
+                pos = 0
+                if together:
+                    assert index is not None
+                    shard = index.shard_of(full[i])
+                    pos = position.get(shard, 0)
+                    if not pos:
+                        pos = position[shard] = 3 + n + len(shard_keys)
+                        shard_keys += (index.lex[shard], index.exp[shard])
+                tail += (fields[i], keys[i], values[i] if values is not None else b"", pos)
+            record = topology.record_key(full[idx[0]], f"{rid}:{slot}")
+            script_keys = [fence_key, counter or fence_key, *(full[i] for i in idx), *shard_keys, record]
+            head[3] = n
+            cmd: list[Any] = ["EVAL", lua.FENCED.body, len(script_keys), *script_keys, *head, *tail]
+            cmd.append(self._record_ms)
+            blocks.append((slot, [cmd]))
+        replies = await topology.run(op, keys[0], blocks, unsafe=True)
+        total = 0
+        refused: StaleFence | None = None
+        for (_, idx), reply in zip(groups.items(), replies, strict=True):
+            result = check(reply[0])
+            if isinstance(result, bytes | bytearray):
+                _, at, newer = bytes(result).decode().split(":")
+                if refused is None:
+                    refused = self._refusal(
+                        fence, keys[idx[int(at) - 1]] if int(at) else keys[0], int(at), int(newer)
+                    )
+            else:
+                total += int(result)
+        if refused is not None:
+            raise refused
+        return total
+
+    @staticmethod
+    def _refusal(fence: Fence, key: str, at: int, newer: int) -> StaleFence:
+        if at:
+            return stale_fence(fence, key, newer)
+        return StaleFence(
+            f"write refused: lock {fence.name!r} has issued fence token {newer}, newer than this "
+            f"writer's {fence.token}; this holder lost the lock and must stop (key {key!r})",
+            name=fence.name,
+            key=key,
+            token=fence.token,
+            newer_token=newer,
+        )
 
     # -- snapshots (statekit.checkpoint) ------------------------------------------------
 

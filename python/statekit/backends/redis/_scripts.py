@@ -21,6 +21,7 @@ __all__ = [
     "DELETE",
     "DELETE_MANY",
     "EXPIRY",
+    "FENCED",
     "GETDEL",
     "INCR",
     "PRUNE",
@@ -238,3 +239,65 @@ else
 end
 return {1, changed}
 """)
+
+# A fenced write (see RedisStateBackend.fenced_put): check, record and write in one call.
+# KEYS: the slot's fence hash, the lock's fence counter (the fence hash again when it must not be
+# read: a cluster), the n data keys, then the lex and exp key of each index shard used here,
+# then the record. ARGV: op ("p" put, "d" delete, "c" compare-and-set), token, "1" to read the
+# counter, n, ttl ms ("0": none), score, expected, "1" when the key must be absent (cas), then
+# for each data key: its hash field, its index member, its value ("" for a delete) and the
+# position in KEYS of its index shard's lex key ("0": no index here), then the record TTL.
+# Refused: "stale:<i>:<newer token>" (i = 0: the counter; else the i-th data key) and nothing is
+# written. Otherwise every field is set to the token, then: "p" sets every key (returns 1), "d"
+# deletes them (returns how many existed), "c" compares and sets the one key (returns 1 or 0;
+# the fence is recorded either way, as on the other backends). Tokens compare as Lua numbers
+# (exact up to 2^53).
+FENCED: Final = Script(
+    remembered("""
+local op = ARGV[1]
+local tok = tonumber(ARGV[2])
+local n = tonumber(ARGV[4])
+if ARGV[3] == '1' then
+  local issued = redis.call('GET', KEYS[2])
+  if issued and tonumber(issued) > tok then return 'stale:0:' .. issued end
+end
+for i = 1, n do
+  local seen = redis.call('HGET', KEYS[1], ARGV[5 + 4 * i])
+  if seen and tonumber(seen) > tok then return 'stale:' .. i .. ':' .. seen end
+end
+for i = 1, n do
+  redis.call('HSET', KEYS[1], ARGV[5 + 4 * i], ARGV[2])
+end
+if op == 'c' then
+  local cur = redis.call('GET', KEYS[3])
+  if ARGV[8] == '1' then
+    if cur then return 0 end
+  elseif cur ~= ARGV[7] then
+    return 0
+  end
+end
+local removed = 0
+for i = 1, n do
+  local key = KEYS[2 + i]
+  local member = ARGV[6 + 4 * i]
+  local pos = tonumber(ARGV[8 + 4 * i])
+  if op == 'd' then
+    removed = removed + redis.call('DEL', key)
+    if pos > 0 then
+      redis.call('ZREM', KEYS[pos], member)
+      redis.call('ZREM', KEYS[pos + 1], member)
+    end
+  else
+    if ARGV[5] == '0' then redis.call('SET', key, ARGV[7 + 4 * i])
+    else redis.call('SET', key, ARGV[7 + 4 * i], 'PX', ARGV[5]) end
+    if pos > 0 then
+      redis.call('ZADD', KEYS[pos], 0, member)
+      if ARGV[5] == '0' then redis.call('ZREM', KEYS[pos + 1], member)
+      else redis.call('ZADD', KEYS[pos + 1], ARGV[6], member) end
+    end
+  end
+end
+if op == 'd' then return removed end
+return 1
+""")
+)

@@ -42,6 +42,8 @@ Block = tuple[int, list[list[Any]]]
 
 #: Request records of a standalone server (any slot does): prefix + id.
 _RECORD_PREFIX: Final = RESERVED_KEY_PREFIX + "r}:req:"
+#: The fenced-write records of a standalone server: one hash (see RedisStateBackend.fenced_put).
+_FENCE_KEY: Final = RESERVED_KEY_PREFIX + "r}:fence"
 _slot_tags: dict[str, list[str]] = {}
 
 
@@ -139,6 +141,10 @@ class Topology:
 
     def record_key(self, full_key: str, request_id: str) -> str:
         """The key of a request record that one script can touch together with ``full_key``."""
+        raise NotImplementedError
+
+    def fence_key(self, slot: int) -> str:
+        """The hash of fenced-write records (``<lock name>\\0<full key>`` -> token) for ``slot``."""
         raise NotImplementedError
 
     def connections(self) -> int:
@@ -315,6 +321,9 @@ class Standalone(Topology):
     def record_key(self, full_key: str, request_id: str) -> str:
         return _RECORD_PREFIX + request_id
 
+    def fence_key(self, slot: int) -> str:
+        return _FENCE_KEY
+
     def connections(self) -> int:
         return sum(1 for c in self._endpoint.used if c.is_connected)
 
@@ -373,6 +382,9 @@ class Cluster(Topology):
         return (
             "{" + slot_tag(RESERVED_KEY_PREFIX[1:] + "r", _native.hash_slot(full_key)) + "}:req:" + request_id
         )
+
+    def fence_key(self, slot: int) -> str:
+        return "{" + slot_tag(RESERVED_KEY_PREFIX[1:] + "r", slot) + "}:fence"
 
     def connections(self) -> int:
         return sum(1 for e in self._endpoints.values() for c in e.used if c.is_connected)
