@@ -1,4 +1,4 @@
-"""Fenced writes (``fence=``) on the memory and SQLite backends, through KeyValueStore."""
+"""Fenced writes (``fence=``) on every backend kind (memory, SQLite, Redis, Redis Cluster)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 
 from statekit import KeyValueStore
-from statekit.backends import CachedStateBackend, MemoryStateBackend, SqliteStateBackend
+from statekit.backends import CachedStateBackend, MemoryStateBackend, SqliteStateBackend, StateBackend
 from statekit.errors import ConfigError, InvalidValue, LockLost, StaleFence
 from statekit.locks import Fence
 
 OLD, NEW, NEWER = Fence("job", 5), Fence("job", 7), Fence("job", 9)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[KeyValueStore]:
-    backend = MemoryStateBackend() if request.param == "memory" else SqliteStateBackend(tmp_path / "f.db")
+@pytest.fixture
+async def store(backend: StateBackend) -> AsyncIterator[KeyValueStore]:
+    """conftest's ``backend``: one run per backend kind, Redis standalone and cluster included."""
     kv = KeyValueStore(backend, key_prefix="app:")
     yield kv
     await kv.close()
@@ -111,3 +111,107 @@ async def test_backend_without_fenced_writes_refuses_with_config_error() -> None
         await store.put("k", 1, fence=NEW)
     assert await store.get("k") is None
     await store.close()
+
+
+# -- Redis only ------------------------------------------------------------------------------
+
+
+def _redis_backend(url: str) -> StateBackend:
+    pytest.importorskip(
+        "redis", reason="the Redis fenced-write tests need redis-py: pip install statekit[redis]"
+    )
+    from statekit.backends import RedisConfig
+    from statekit.backends.redis import RedisStateBackend
+
+    return RedisStateBackend(RedisConfig.from_url(url, key_prefix="t:"))
+
+
+async def test_redis_standalone_refuses_a_token_older_than_the_lock_issued(redis_url: str) -> None:
+    """On one server the script also reads RedisLock's counter: the successor need not write first."""
+    from statekit.locks import RedisLock
+
+    backend = _redis_backend(redis_url)
+    kv = KeyValueStore(backend)
+    first, second = RedisLock(backend, "issued", ttl=10), RedisLock(backend, "issued", ttl=10)
+    old = await first.acquire()
+    await kv.put("a", "first", fence=old)
+    await first.release()
+    new = await second.acquire()  # issued, but has written nothing yet
+    with pytest.raises(StaleFence) as refused:
+        await kv.put_many({"a": "stale", "untouched": "stale"}, fence=old)
+    assert (refused.value.name, refused.value.token, refused.value.newer_token) == (
+        "issued",
+        old.token,
+        new.token,
+    )
+    with pytest.raises(StaleFence):
+        await kv.delete("a", fence=old)
+    with pytest.raises(StaleFence):
+        await kv.update("a", lambda v: "stale", fence=old)
+    assert await kv.get_many(["a", "untouched"]) == ["first", None]
+    await kv.put("a", "second", fence=new)
+    assert await kv.get("a") == "second"
+    await second.release()
+    await first.aclose()
+    await second.aclose()
+    await kv.close()
+
+
+async def test_redis_cluster_multi_slot_batch_with_one_stale_key_writes_nothing(cluster_url: str) -> None:
+    from statekit import _native
+    from statekit.backends.redis import RedisStateBackend
+
+    backend = _redis_backend(cluster_url)
+    assert isinstance(backend, RedisStateBackend)
+    keys = [f"k{i}" for i in range(40)]
+    assert len({_native.hash_slot("t:" + k) for k in keys}) > 1  # the batch spans several slots
+    await backend.fenced_put(NEW, "k7", b"new")
+    with pytest.raises(StaleFence) as refused:
+        await backend.fenced_batch_put(OLD, [(k, b"stale") for k in keys])
+    assert (refused.value.key, refused.value.newer_token) == ("k7", NEW.token)
+    with pytest.raises(StaleFence):
+        await backend.fenced_batch_delete(OLD, keys)
+    assert await backend.batch_get(keys) == [b"new" if k == "k7" else None for k in keys]
+    assert await backend.list_keys() == ["k7"]
+    # Without the read-only pre-check (a newer holder writing between check and write), the
+    # stale key's own slot still refuses atomically: its slot is untouched, others are written.
+    stale_slot = _native.hash_slot("t:k7")
+
+    async def no_precheck(*args: object) -> None:
+        return None
+
+    backend._fence_precheck = no_precheck  # type: ignore[method-assign]
+    with pytest.raises(StaleFence):
+        await backend.fenced_batch_put(OLD, [(k, b"raced") for k in keys])
+    for key, value in zip(keys, await backend.batch_get(keys), strict=True):
+        if _native.hash_slot("t:" + key) == stale_slot:
+            assert value == (b"new" if key == "k7" else None)
+        else:
+            assert value == b"raced"
+    await backend.close()
+
+
+async def test_redis_fenced_write_is_remembered_per_request(redis_url: str) -> None:
+    """A retried script (same request record) returns the first result and applies nothing again."""
+    from statekit.backends.redis import RedisStateBackend
+
+    backend = _redis_backend(redis_url)
+    assert isinstance(backend, RedisStateBackend)
+    await backend.batch_put([("a", b"1"), ("b", b"2")])
+    sent: list[list[object]] = []
+    run = backend._topology.run
+
+    async def recording_run(
+        op: str, key: str | None, blocks: list[tuple[int, list[list[object]]]], **kw: bool
+    ):  # type: ignore[no-untyped-def]
+        sent.extend(cmd for _, cmds in blocks for cmd in cmds)
+        return await run(op, key, blocks, **kw)
+
+    backend._topology.run = recording_run  # type: ignore[method-assign]
+    assert await backend.fenced_batch_delete(NEW, ["a", "b"]) == 2
+    backend._topology.run = run  # type: ignore[method-assign]
+    await backend.put("a", b"again")
+    [script] = [cmd for cmd in sent if cmd[0] == "EVAL"]
+    assert await backend._topology.call(0, list(script)) == 2  # the remembered count, not 1
+    assert await backend.get("a") == b"again"
+    await backend.close()
