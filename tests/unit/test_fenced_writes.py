@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -198,20 +199,18 @@ async def test_redis_fenced_write_is_remembered_per_request(redis_url: str) -> N
     backend = _redis_backend(redis_url)
     assert isinstance(backend, RedisStateBackend)
     await backend.batch_put([("a", b"1"), ("b", b"2")])
-    sent: list[list[object]] = []
-    run = backend._topology.run
+    sent: list[tuple[Any, list[str], list[Any]]] = []
+    real_eval = backend._eval
 
-    async def recording_run(
-        op: str, key: str | None, blocks: list[tuple[int, list[list[object]]]], **kw: bool
-    ):  # type: ignore[no-untyped-def]
-        sent.extend(cmd for _, cmds in blocks for cmd in cmds)
-        return await run(op, key, blocks, **kw)
+    async def recording_eval(script: Any, keys: list[str], args: list[Any]) -> Any:
+        sent.append((script, keys, args))
+        return await real_eval(script, keys, args)
 
-    backend._topology.run = recording_run  # type: ignore[method-assign]
+    backend._eval = recording_eval  # type: ignore[method-assign]
     assert await backend.fenced_batch_delete(NEW, ["a", "b"]) == 2
-    backend._topology.run = run  # type: ignore[method-assign]
+    backend._eval = real_eval  # type: ignore[method-assign]
     await backend.put("a", b"again")
-    [script] = [cmd for cmd in sent if cmd[0] == "EVAL"]
-    assert await backend._topology.call(0, list(script)) == 2  # the remembered count, not 1
+    [(script, keys, args)] = sent
+    assert await backend._eval(script, keys, args) == 2  # the remembered count, not 1
     assert await backend.get("a") == b"again"
     await backend.close()

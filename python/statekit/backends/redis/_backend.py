@@ -25,9 +25,9 @@ anything is sent.
 
 The operations that are not idempotent (``incr_by``, ``compare_and_set``, ``get_and_delete``,
 ``set_if_not_exists``, ``batch_delete``, the fenced writes) are Lua scripts that carry a random
-request id: the script first looks for the id's record (``{statekit-r...}:req:<id>``, in the data key's slot)
-and returns the result remembered there, else applies the operation and records its result for
-max(5 minutes, twice the retry budget), in one atomic call. A retry after a lost reply therefore
+request id: the script first looks for the id's record (``{statekit-r...}:req:<id>``, in the data
+key's slot) and returns the result remembered there, else applies the operation and records its
+result for max(5 minutes, twice the retry budget), in one atomic call. A retry after a lost reply therefore
 returns the first result instead of applying the operation again.
 
 Retries, timeouts and connection limits are the transport's (:mod:`._transport`), one policy
@@ -967,7 +967,7 @@ class RedisStateBackend:
             b"" if expected is None else expected,
             "1" if expected is None else "0",
         ]
-        blocks: list[Block] = []
+        scripts: list[tuple[int, list[str], list[Any]]] = []
         for slot, idx in groups.items():
             n = len(idx)
             fence_key = topology.fence_key(slot)
@@ -987,10 +987,21 @@ class RedisStateBackend:
             record = topology.record_key(full[idx[0]], f"{rid}:{slot}")
             script_keys = [fence_key, counter or fence_key, *(full[i] for i in idx), *shard_keys, record]
             head[3] = n
-            cmd: list[Any] = ["EVAL", lua.FENCED.body, len(script_keys), *script_keys, *head, *tail]
-            cmd.append(self._record_ms)
-            blocks.append((slot, [cmd]))
-        replies = await topology.run(op, keys[0], blocks, unsafe=True)
+            scripts.append((slot, script_keys, [*head, *tail, self._record_ms]))
+        replies: list[list[Any]]
+        if len(scripts) == 1:  # one slot (always on one server): EVALSHA, EVAL if not loaded
+            _, script_keys, args = scripts[0]
+            reply = await self._transport.retry(
+                op, keys[0], lambda: self._eval(lua.FENCED, script_keys, args), unsafe=True
+            )
+            replies = [[reply]]
+        else:
+            body = lua.FENCED.body
+            blocks: list[Block] = [
+                (slot, [["EVAL", body, len(script_keys), *script_keys, *args]])
+                for slot, script_keys, args in scripts
+            ]
+            replies = await topology.run(op, keys[0], blocks, unsafe=True)
         total = 0
         refused: StaleFence | None = None
         for (_, idx), reply in zip(groups.items(), replies, strict=True):
