@@ -201,5 +201,6 @@ async def test_range_bounds_and_prefixes_are_checked_like_keys(bare: RedisStateB
                 await bare.range("a", bad)  # type: ignore[arg-type]
         with pytest.raises(InvalidKey):
             await bare.export_items(bad)  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
-        await bare.range("a", limit="3")  # type: ignore[arg-type]
+    for bad_limit in ("3", -1, 2.0, True):  # ConfigError, as on memory and SQLite
+        with pytest.raises(ConfigError):
+            await bare.range("a", limit=bad_limit)  # type: ignore[arg-type]

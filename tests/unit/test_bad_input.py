@@ -101,6 +101,16 @@ async def test_bad_ttls_raise_config_error_and_write_nothing(backend: StateBacke
     await _unchanged(backend, before)
 
 
+@pytest.mark.parametrize("limit", [-1, "3", 2.0, True], ids=repr)
+async def test_bad_range_limits_raise_config_error(backend: StateBackend, limit: Any) -> None:
+    before = await _seed(backend)
+    with pytest.raises(ConfigError):
+        await backend.range("a:", limit=limit)
+    with pytest.raises(ConfigError):
+        await backend.range("a:", "b:", limit=limit)
+    await _unchanged(backend, before)
+
+
 @pytest.mark.parametrize("value", ["text", 1, None, ["b"], {"a": b"x"}], ids=repr)
 async def test_non_bytes_values_raise_invalid_value(backend: StateBackend, value: Any) -> None:
     before = await _seed(backend)

@@ -569,11 +569,10 @@ class RedisStateBackend:
     ) -> list[tuple[str, bytes]]:
         start = _bound(start)
         end = None if end is None else _bound(end)
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
-            raise TypeError(f"limit must be an int or None, got {type(limit).__name__}")
+        limit = check_limit(limit)  # the same rule (and error) as every other backend
         self._open()
         index = self._range_index("range")
-        if limit is not None and limit <= 0:
+        if limit == 0:
             return []
         rows = await self._scan(index, "range", start, end, limit)
         self._stats.bytes_read += sum(len(v) for _, v in rows)
