@@ -32,7 +32,7 @@ import pytest
 
 from statekit import KeyValueStore
 from statekit.backends import MemoryStateBackend, SqliteStateBackend, StateBackend
-from tests.integration.redis_servers import (
+from tests.servers.redis_servers import (
     RedisCluster,
     RedisServer,
     require_redis,
@@ -76,7 +76,7 @@ PAST_SHORT_TTL = 0.45
 #: Backend methods some test modules need, for modules that do not (yet) declare
 #: ``pytestmark = pytest.mark.backend_needs(...)`` themselves.
 MODULE_BACKEND_NEEDS: dict[str, tuple[str, ...]] = {
-    "tests/unit/test_checkpoint.py": ("export_items", "replace_prefix"),
+    "tests/acceptance/test_checkpoint.py": ("export_items", "replace_prefix"),
 }
 
 #: The behaviour suite's Redis key prefix (the integration tests use "t:").
@@ -130,7 +130,7 @@ def require_redis_py() -> None:
     pytest.skip(message)
 
 
-# -- real Redis servers (session-scoped; tests/integration/redis_servers.py) -----------------
+# -- real Redis servers (session-scoped; tests/servers/redis_servers.py) -----------------
 
 
 @pytest.fixture(scope="session")
