@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.integration.redis_servers import RedisServer, start_standalone
+from tests.servers.redis_servers import RedisServer, start_standalone
 
 from _support import LoopRunner, bench_async, describe, make_key, make_values, shuffled
 from statekit.backends import CachedStateBackend, RedisConfig, SqliteStateBackend, StateBackend

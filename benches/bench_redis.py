@@ -23,7 +23,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from tests.integration.redis_servers import RedisServer, start_standalone
+from tests.servers.redis_servers import RedisServer, start_standalone
 
 from _support import LoopRunner, bench_async, describe, make_key, make_values
 from statekit import _native

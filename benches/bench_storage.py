@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.storage.moto_server import DUMMY_AWS_ENV, MotoServer, start_moto
+from tests.servers.moto_server import DUMMY_AWS_ENV, MotoServer, start_moto
 
 from _support import LoopRunner, describe
 from statekit.storage import BundleRef, FileStorage, PipelineStorage, Recipe, SqsPublisher
