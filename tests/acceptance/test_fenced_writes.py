@@ -13,6 +13,7 @@ from statekit import KeyValueStore
 from statekit.backends import CachedStateBackend, MemoryStateBackend, SqliteStateBackend, StateBackend
 from statekit.errors import ConfigError, InvalidValue, LockLost, StaleFence
 from statekit.locks import Fence
+from tests.ci import require_module
 
 OLD, NEW, NEWER = Fence("job", 5), Fence("job", 7), Fence("job", 9)
 
@@ -118,9 +119,7 @@ async def test_backend_without_fenced_writes_refuses_with_config_error() -> None
 
 
 def _redis_backend(url: str) -> StateBackend:
-    pytest.importorskip(
-        "redis", reason="the Redis fenced-write tests need redis-py: pip install statekit[redis]"
-    )
+    require_module("redis", "the Redis fenced-write tests need redis-py: pip install statekit[redis]")
     from statekit.backends import RedisConfig
     from statekit.backends.redis import RedisStateBackend
 

@@ -16,7 +16,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
-import pytest
+from tests.ci import skip_or_fail
 
 INSTALL_HINT = "pip install 'moto[server]' (or: pip install -e '.[test]')"
 START_TIMEOUT = 30.0
@@ -36,9 +36,7 @@ def require_moto() -> None:
     if importlib.util.find_spec("moto") is not None and importlib.util.find_spec("flask") is not None:
         return
     message = f"moto[server] not installed: the S3/SQS storage tests need a real local server. {INSTALL_HINT}"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    skip_or_fail(message)
 
 
 def free_port() -> int:

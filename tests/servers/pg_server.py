@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from tests.ci import skip_or_fail
 
 INSTALL_HINT = "apt-get install postgresql"
 SERVER_USER = "postgres"
@@ -51,9 +51,7 @@ def require_postgres() -> Path:
         f"PostgreSQL (initdb/pg_ctl) not found: the PostgresLock tests need a real server. Install it with "
         f"`{INSTALL_HINT}`."
     )
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    skip_or_fail(message)
 
 
 def _free_port() -> int:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
+from tests.ci import skip_or_fail
 
 INSTALL_HINT = "apt-get install redis-server redis-tools"
 START_TIMEOUT = 10.0
@@ -33,9 +33,7 @@ def require_redis() -> tuple[str, str]:
         "redis-server/redis-cli not found: the Redis integration tests need a real server. "
         f"Install it with `{INSTALL_HINT}`."
     )
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    skip_or_fail(message)
 
 
 def free_port() -> int:
@@ -231,7 +229,7 @@ def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
 
 def start_tls() -> RedisServer:
     if shutil.which("openssl") is None:
-        pytest.skip("openssl not found: needed to make the TLS test certificate")
+        skip_or_fail("openssl not found: needed to make the TLS test certificate")
     directory = Path(tempfile.mkdtemp(prefix="statekit-redis-tls-"))
     ca, crt, key = make_certificates(directory)
     server = RedisServer(

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-prometheus_client = pytest.importorskip("prometheus_client", reason="pip install statekit[metrics]")
+from tests.ci import require_module
+
+prometheus_client = require_module("prometheus_client", "pip install statekit[metrics]")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from statekit import KeyValueStore, create_store  # noqa: E402
@@ -93,7 +95,7 @@ async def test_cache_figures_and_refresh(tmp_path: Path) -> None:
 
 
 async def test_redis_latency_histogram_and_retries(redis_url: str) -> None:
-    pytest.importorskip("redis")
+    require_module("redis", "pip install statekit[redis]")
     store = create_store(redis_url, key_prefix="m:")
     try:
         for i in range(5):
@@ -142,7 +144,7 @@ async def test_checkpoint_figures(tmp_path: Path) -> None:
 
 
 async def test_opentelemetry_instruments_read_the_same_figures() -> None:
-    pytest.importorskip("opentelemetry.sdk.metrics", reason="pip install opentelemetry-sdk")
+    require_module("opentelemetry.sdk.metrics", "pip install opentelemetry-sdk")
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.ci import skip_or_fail
 from tests.servers.pg_server import PostgresServer, start_postgres
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -35,10 +36,7 @@ def child(*args: str, stdin: bool = False) -> subprocess.Popen[str]:
 def postgres_server() -> Iterator[PostgresServer]:
     """A real PostgreSQL for the session (tests/servers/pg_server.py), stopped at the end."""
     if importlib.util.find_spec("psycopg") is None:
-        message = "psycopg not installed: the PostgresLock tests need it (pip install statekit[postgres])"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        skip_or_fail("psycopg not installed: the PostgresLock tests need it (pip install statekit[postgres])")
     server = start_postgres()
     yield server
     server.stop()

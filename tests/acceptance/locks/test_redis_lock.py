@@ -1,5 +1,7 @@
 """RedisLock on a real redis-server and the local Redis Cluster: leases, renewal, loss, fences."""
 
+# ruff: noqa: E402 - the imports below need redis-py, checked first by require_module
+
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +15,9 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("redis", reason="the Redis lock tests need redis-py: pip install statekit[redis]")
+from tests.ci import require_module
+
+require_module("redis", "the Redis lock tests need redis-py: pip install statekit[redis]")
 
 import redis.asyncio as aioredis
 

@@ -4,15 +4,18 @@ The standalone server and the cluster (``redis_server``/``redis_url``, ``redis_c
 are session-scoped fixtures of tests/conftest.py, shared with the backend-parametrized tests.
 """
 
+# ruff: noqa: E402 - the imports below need redis-py, checked first by require_module
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from tests.ci import require_module
 from tests.servers.redis_servers import RedisServer, require_redis, start_standalone, start_tls
 
-pytest.importorskip("redis", reason="the Redis tests need redis-py: pip install statekit[redis]")
+require_module("redis", "the Redis tests need redis-py: pip install statekit[redis]")
 
 from statekit.backends import RedisConfig
 from statekit.backends.redis import RedisStateBackend

@@ -12,15 +12,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant
 
 from tests.acceptance.stateful.test_backend_model import make_backend_machine
+from tests.ci import require_module
 from tests.conftest import FakeClock
 from tests.servers.redis_servers import RedisCluster, RedisServer
 
-redis = pytest.importorskip("redis", reason="the Redis tests need redis-py: pip install statekit[redis]")
+redis = require_module("redis", "the Redis tests need redis-py: pip install statekit[redis]")
 
 from statekit.backends import RedisConfig  # noqa: E402
 from statekit.backends.redis import RedisStateBackend  # noqa: E402
