@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.ci import skip_or_fail
 from tests.servers.redis_servers import RedisServer, start_standalone
 
 from _support import LoopRunner, bench_async, describe
@@ -44,7 +45,7 @@ fenced_sqlite_group = pytest.mark.benchmark(group="locks: fenced put, sqlite")
 @pytest.fixture(scope="module")
 def server() -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server not found: apt-get install redis-server redis-tools")
+        skip_or_fail("redis-server not found: apt-get install redis-server redis-tools")
     s = start_standalone()
     yield s
     s.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import pytest
 
@@ -150,24 +149,26 @@ async def test_server_restarted_mid_batch(redis_url: str, redis_server: RedisSer
         await b.close()
 
 
+@pytest.mark.timeout(60)  # a hang guard only (the timeouts below never fired): never a speed check
 @pytest.mark.parametrize("batch", [False, True])
-async def test_paused_server_fails_within_its_timeout_budget(
+async def test_paused_server_fails_after_its_retries(
     redis_url: str, redis_server: RedisServer, batch: bool
 ) -> None:
+    # How long giving up takes is measured, not asserted: benches/bench_redis.py, "a paused server".
     config = RedisConfig.from_url(redis_url, max_retries=1, retry_base_delay=0.05, retry_max_delay=0.05,
                                   connect_timeout=0.3, read_timeout=0.3, write_timeout=0.3)  # fmt: skip
     b = RedisStateBackend(config)
-    # budget: (1 + max_retries) attempts x (connect + read timeout) + the backoff
-    budget = 2 * (0.3 + 0.3) + 0.05
     try:
         await b.put("k", b"v")
         await b.batch_get(["k"])
+        before = b.stats_nowait()
         redis_server.pause()
-        started = time.monotonic()
-        with pytest.raises(StorageError):
+        with pytest.raises(StorageError, match=r"failed after 2 attempt\(s\)"):
             await (b.batch_get(["k"]) if batch else b.get("k"))
-        elapsed = time.monotonic() - started
-        assert elapsed < 5 * budget, f"took {elapsed:.2f}s, budget {budget:.2f}s"
+        after = b.stats_nowait()
+        # Every attempt timed out and was counted: 1 + max_retries attempts, so one retry, one error.
+        assert after.retry_count - before.retry_count == 1
+        assert after.error_count - before.error_count == 1
     finally:
         redis_server.resume()
         await b.close()
