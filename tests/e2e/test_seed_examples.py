@@ -7,13 +7,15 @@ documents in comments is asserted.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from statekit.errors import SerializationFailed
+from tests.conftest import FakeClock
 
 
 async def test_quick_start_basic_usage(capsys: pytest.CaptureFixture[str]) -> None:
@@ -219,7 +221,19 @@ async def test_serialization_errors_troubleshooting() -> None:
 
 
 async def test_ttl_issues_troubleshooting(capsys: pytest.CaptureFixture[str]) -> None:
-    from statekit import create_store
+    import statekit
+
+    # Stand-ins: the snippet sleeps 2 s to watch a 1 s TTL run out; here its sleep moves the store's
+    # clock instead, so the same lines run without waiting on the wall clock.
+    clock = FakeClock()
+
+    def create_store(**options: Any) -> statekit.KeyValueStore:
+        return statekit.create_store(clock=clock, **options)
+
+    async def sleep(seconds: float) -> None:
+        clock.advance(seconds)
+
+    asyncio = SimpleNamespace(sleep=sleep)
 
     store = create_store(store_type="memory")
 
