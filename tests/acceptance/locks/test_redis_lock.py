@@ -46,6 +46,34 @@ def raw_client(url: str) -> aioredis.Redis | aioredis.RedisCluster:
     return aioredis.Redis.from_url(url)
 
 
+def sync_client(url: str) -> Any:
+    import redis
+
+    if url.startswith("redis+cluster://"):
+        return redis.RedisCluster.from_url(url.replace("redis+cluster://", "redis://"))
+    return redis.Redis.from_url(url)
+
+
+def server_ms(client: Any) -> int:
+    """The server's clock (TIME), in ms: the clock PEXPIRETIME is on."""
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def wait_past_first_expiry(client: aioredis.Redis | aioredis.RedisCluster, key: str) -> int:
+    """Poll until the server's clock passes the lease's current expiry (PEXPIRETIME); returns it.
+
+    Without renewal the key would then be gone: waiting on the server's clock, not a fixed sleep.
+    """
+    first = int(await client.pexpiretime(key))
+    assert first > 0, "the lease has no expiry"
+    while True:
+        seconds, micros = await client.time()
+        if int(seconds) * 1000 + int(micros) // 1000 > first:
+            return first
+        await asyncio.sleep(0.02)
+
+
 async def test_acquire_release_and_increasing_fences(url: str) -> None:
     lock = RedisLock(url, "job-42", ttl=10)
     assert (lock.held, lock.lost, lock.fence) == (False, False, None)
@@ -103,8 +131,11 @@ async def test_keys_share_one_slot_and_use_the_reserved_namespace(url: str) -> N
 async def test_renewal_keeps_the_lease_past_its_ttl(url: str) -> None:
     lock = RedisLock(url, "long-job", ttl=0.5)
     other = RedisLock(url, "long-job", ttl=0.5)
+    client = raw_client(url)
     await lock.acquire()
-    await asyncio.sleep(1.5)  # three TTLs: only renewal keeps the key alive
+    first_expiry = await wait_past_first_expiry(client, lock.keys[0])  # only renewal keeps the key alive
+    assert int(await client.pexpiretime(lock.keys[0])) > first_expiry  # renewed: the expiry moved on
+    await client.aclose()
     assert lock.held
     assert not lock.lost
     await lock.ensure_held()
@@ -252,7 +283,12 @@ async def test_paused_holder_in_process_cannot_overwrite_its_successor(url: str)
     second = RedisLock(url, "paused", ttl=10)
     f1 = await first.acquire()
     await store.put("out", "first", fence=f1)
-    time.sleep(0.6)  # noqa: ASYNC251 - a GC pause / blocked loop: no renewal runs, the lease expires on the server
+    # A GC pause / blocked loop: blocking calls only, so no renewal runs, until the lease has
+    # expired on the server (polled, not a fixed sleep).
+    client = sync_client(url)
+    while client.exists(first.keys[0]):
+        time.sleep(0.01)  # noqa: ASYNC251 - the point: the event loop is blocked
+    client.close()
     f2 = await second.acquire(timeout=30)
     await store.put("out", "second", fence=f2)
     with pytest.raises(StaleFence) as refused:
@@ -324,8 +360,14 @@ async def test_holder_sigstopped_past_its_ttl(redis_url: str, tmp_path: Path) ->
 
 def test_sync_form(url: str) -> None:
     lock = RedisLock(url, "cron", ttl=0.6)
+    client = sync_client(url)
     with lock.sync() as fence:
-        time.sleep(1.2)  # the renewal thread keeps the lease alive meanwhile
+        # Until the server's clock passes the first expiry: the renewal thread keeps the lease alive.
+        first_expiry = int(client.pexpiretime(lock.keys[0]))
+        assert first_expiry > 0
+        while server_ms(client) <= first_expiry:
+            time.sleep(0.02)
+        assert int(client.pexpiretime(lock.keys[0])) > first_expiry  # renewed: the expiry moved on
         other = RedisLock(url, "cron", ttl=5).sync()
         with pytest.raises(LockExistsError):
             other.acquire(blocking=False)
@@ -339,6 +381,7 @@ def test_sync_form(url: str) -> None:
     with pytest.raises(NotInitialized):
         again.release()
     again.close()
+    client.close()
 
 
 def test_sync_form_reports_a_loss_four_ways(url: str) -> None:
