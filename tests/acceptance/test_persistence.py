@@ -224,7 +224,9 @@ async def test_foreign_values_under_error_keys_are_skipped_with_a_warning(
     assert "p:errors:weird" in caplog.text
 
 
-@pytest.mark.fake_clock("see test_short_ttls_per_kind_of_data")
+@pytest.mark.fake_clock(
+    "see test_short_ttls_per_kind_of_data, test_default_ttls_per_kind_of_data_as_the_backend_holds_them"
+)
 async def test_ttls_per_kind_of_data(store: KeyValueStore, clock: FakeClock) -> None:
     pm = PersistenceManager(store, "p", clock=clock)
     assert (pm.error_ttl, pm.state_ttl, pm.processed_ttl) == (
@@ -243,6 +245,29 @@ async def test_ttls_per_kind_of_data(store: KeyValueStore, clock: FakeClock) -> 
     assert not await pm.is_processed("x")
     assert await pm.load_state() == {}
     assert DEFAULT_PROCESSED_TTL == DEFAULT_STATE_TTL
+
+
+async def _ttls(store: KeyValueStore) -> dict[str, float | None]:
+    return {key: await store.ttl(key) for key in await store.keys()}
+
+
+def _close_to(left: float | None, ttl: timedelta) -> bool:
+    """``left`` is ``ttl`` less the moments the test took (a minute is far more than needed)."""
+    return left is not None and ttl.total_seconds() - 60 < left <= ttl.total_seconds()
+
+
+async def test_default_ttls_per_kind_of_data_as_the_backend_holds_them(store: KeyValueStore) -> None:
+    # test_ttls_per_kind_of_data waits days on the FakeClock, so it cannot run on Redis; this checks the
+    # same defaults on every kind as remaining TTLs (PTTL on Redis), without waiting.
+    pm = PersistenceManager(store, "p")
+    await pm.save_error("e", "boom")
+    await pm.save_state({"a": 1})
+    await pm.mark_processed("x")
+    ttls = await _ttls(store)
+    assert sorted(ttls) == ["p:errors:e", "p:processed_items:x", "p:state:current"]
+    assert _close_to(ttls["p:errors:e"], DEFAULT_ERROR_TTL)
+    assert _close_to(ttls["p:state:current"], DEFAULT_STATE_TTL)
+    assert _close_to(ttls["p:processed_items:x"], DEFAULT_PROCESSED_TTL)
 
 
 async def test_short_ttls_per_kind_of_data(store: KeyValueStore, elapse: Elapse) -> None:
@@ -421,7 +446,7 @@ async def test_bad_durations_are_rejected(store: KeyValueStore, bad: Any) -> Non
     assert await store.keys() == []
 
 
-@pytest.mark.fake_clock("see test_short_stats_ttl")
+@pytest.mark.fake_clock("see test_short_stats_ttl, test_default_stats_ttl_as_the_backend_holds_it")
 async def test_stats_ttl(store: KeyValueStore, clock: FakeClock) -> None:
     tracker = StateTracker(store, clock=clock)
     assert tracker.ttl == DEFAULT_STATS_TTL == timedelta(days=30)
@@ -430,6 +455,17 @@ async def test_stats_ttl(store: KeyValueStore, clock: FakeClock) -> None:
     clock.advance(DEFAULT_STATS_TTL.total_seconds() + 1)
     assert await tracker.get_counter("c") == 0
     assert (await tracker.get_processing_stats("op"))["count"] == 0
+
+
+async def test_default_stats_ttl_as_the_backend_holds_it(store: KeyValueStore) -> None:
+    # test_stats_ttl's 30 days on the FakeClock, checked on every kind as remaining TTLs.
+    tracker = StateTracker(store)
+    await tracker.increment_counter("c")
+    await tracker.record_processing_time("op", 1)
+    ttls = await _ttls(store)
+    assert "state_tracker:counter:c" in ttls
+    assert len(ttls) > 1  # the timing statistics too
+    assert all(_close_to(left, DEFAULT_STATS_TTL) for left in ttls.values()), ttls
 
 
 async def test_short_stats_ttl(store: KeyValueStore, elapse: Elapse) -> None:
