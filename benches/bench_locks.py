@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.ci import skip_or_fail
+from tests.ci import require_module, skip_or_fail
 from tests.servers.redis_servers import RedisServer, start_standalone
 
 from _support import LoopRunner, bench_async, describe
@@ -29,8 +29,8 @@ from statekit import KeyValueStore
 from statekit.backends import MemoryStateBackend, SqliteStateBackend
 from statekit.locks import Fence, RedisLock
 
-redis = pytest.importorskip("redis")
-redis_asyncio = pytest.importorskip("redis.asyncio")
+redis = require_module("redis", "pip install statekit[redis]")
+redis_asyncio = require_module("redis.asyncio", "pip install statekit[redis]")
 
 N_LOCK = 500
 N_PUT = 2_000
@@ -125,7 +125,7 @@ def test_baseline_redispy_lock_sync(benchmark: object, server: RedisServer) -> N
 
 @sync_group
 def test_baseline_python_redis_lock(benchmark: object, server: RedisServer) -> None:
-    redis_lock = pytest.importorskip("redis_lock", reason="pip install python-redis-lock (the bench extra)")
+    redis_lock = require_module("redis_lock", "pip install python-redis-lock (the bench extra)")
     client = redis.Redis(port=server.port)
     lock = redis_lock.Lock(client, "bench-python-redis-lock", expire=30)
 

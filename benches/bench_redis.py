@@ -25,7 +25,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from tests.ci import skip_or_fail
+from tests.ci import require_module, skip_or_fail
 from tests.servers.redis_servers import RedisServer, start_standalone
 
 from _support import LoopRunner, bench_async, describe, make_key, make_values
@@ -34,7 +34,7 @@ from statekit.backends import RedisConfig
 from statekit.backends.redis import RedisStateBackend
 from statekit.errors import StorageError
 
-redis_asyncio = pytest.importorskip("redis.asyncio")
+redis_asyncio = require_module("redis.asyncio", "pip install statekit[redis]")
 
 N = 100_000
 N_SINGLE = 2_000
