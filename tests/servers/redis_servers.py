@@ -30,7 +30,7 @@ def require_redis() -> tuple[str, str]:
     if server and cli:
         return server, cli
     message = (
-        "redis-server/redis-cli not found: the Redis integration tests need a real server. "
+        "redis-server/redis-cli not found: the Redis tests need a real server. "
         f"Install it with `{INSTALL_HINT}`."
     )
     skip_or_fail(message)
