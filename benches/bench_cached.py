@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.integration.redis_servers import RedisServer, start_standalone
+from tests.ci import skip_or_fail
+from tests.servers.redis_servers import RedisServer, start_standalone
 
 from _support import LoopRunner, bench_async, describe, make_key, make_values, shuffled
 from statekit.backends import CachedStateBackend, RedisConfig, SqliteStateBackend, StateBackend
@@ -37,7 +38,7 @@ redis_group = pytest.mark.benchmark(group="cached: single awaited get, redis beh
 @pytest.fixture(scope="module")
 def server() -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server not found: apt-get install redis-server redis-tools")
+        skip_or_fail("redis-server not found: apt-get install redis-server redis-tools")
     s = start_standalone()
     yield s
     s.stop()

@@ -21,15 +21,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.integration.redis_servers import RedisServer, start_standalone
+from tests.ci import require_module, skip_or_fail
+from tests.servers.redis_servers import RedisServer, start_standalone
 
 from _support import LoopRunner, bench_async, describe
 from statekit import KeyValueStore
 from statekit.backends import MemoryStateBackend, SqliteStateBackend
 from statekit.locks import Fence, RedisLock
 
-redis = pytest.importorskip("redis")
-redis_asyncio = pytest.importorskip("redis.asyncio")
+redis = require_module("redis", "pip install statekit[redis]")
+redis_asyncio = require_module("redis.asyncio", "pip install statekit[redis]")
 
 N_LOCK = 500
 N_PUT = 2_000
@@ -44,7 +45,7 @@ fenced_sqlite_group = pytest.mark.benchmark(group="locks: fenced put, sqlite")
 @pytest.fixture(scope="module")
 def server() -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server not found: apt-get install redis-server redis-tools")
+        skip_or_fail("redis-server not found: apt-get install redis-server redis-tools")
     s = start_standalone()
     yield s
     s.stop()
@@ -124,7 +125,7 @@ def test_baseline_redispy_lock_sync(benchmark: object, server: RedisServer) -> N
 
 @sync_group
 def test_baseline_python_redis_lock(benchmark: object, server: RedisServer) -> None:
-    redis_lock = pytest.importorskip("redis_lock", reason="pip install python-redis-lock (the bench extra)")
+    redis_lock = require_module("redis_lock", "pip install python-redis-lock (the bench extra)")
     client = redis.Redis(port=server.port)
     lock = redis_lock.Lock(client, "bench-python-redis-lock", expire=30)
 

@@ -10,6 +10,8 @@ Groups (statekit rows are compared with every baseline row of their group):
   ``sendall`` on a raw socket (the wire's ceiling, per 10k).
 * batch get 100k: ``batch_get`` (MGET chunks) vs the pipeline of GETs and redis-py ``MGET`` chunks.
 * single put / get: one awaited operation at a time vs the raw redis-py call.
+* a paused server: how long a read takes to give up on a SIGSTOPped server (statekit alone; the
+  test suite asserts the attempt counts, this measures the time, against the budget in its note).
 
 A fresh standalone redis-server (no persistence) is started for the module, as in the tests.
 """
@@ -23,14 +25,16 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from tests.integration.redis_servers import RedisServer, start_standalone
+from tests.ci import require_module, skip_or_fail
+from tests.servers.redis_servers import RedisServer, start_standalone
 
 from _support import LoopRunner, bench_async, describe, make_key, make_values
 from statekit import _native
 from statekit.backends import RedisConfig
 from statekit.backends.redis import RedisStateBackend
+from statekit.errors import StorageError
 
-redis_asyncio = pytest.importorskip("redis.asyncio")
+redis_asyncio = require_module("redis.asyncio", "pip install statekit[redis]")
 
 N = 100_000
 N_SINGLE = 2_000
@@ -44,12 +48,25 @@ put_group = pytest.mark.benchmark(group="redis: batch put 100k, 100 B values, on
 get_group = pytest.mark.benchmark(group="redis: batch get 100k, 100 B values, one connection")
 single_put_group = pytest.mark.benchmark(group="redis: single awaited put")
 single_get_group = pytest.mark.benchmark(group="redis: single awaited get")
+paused_group = pytest.mark.benchmark(group="redis: a paused server, time to give up")
+
+#: The retry policy of tests/acceptance/redis/test_redis_faults.py's paused-server test.
+PAUSED_OPTIONS: dict[str, object] = {
+    "max_retries": 1,
+    "retry_base_delay": 0.05,
+    "retry_max_delay": 0.05,
+    "connect_timeout": 0.3,
+    "read_timeout": 0.3,
+    "write_timeout": 0.3,
+}
+#: (1 + max_retries) attempts x (connect + read timeout) + the backoff: reported, never asserted.
+PAUSED_BUDGET = 2 * (0.3 + 0.3) + 0.05
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server not found: apt-get install redis-server redis-tools")
+        skip_or_fail("redis-server not found: apt-get install redis-server redis-tools")
     s = start_standalone()
     yield s
     s.stop()
@@ -114,7 +131,7 @@ def test_baseline_redis_benchmark(benchmark: object, server: RedisServer) -> Non
     """redis-benchmark -P 256 -c 1 SET: the server's ceiling (its own ops/s, reported as the round)."""
     exe = shutil.which("redis-benchmark")
     if exe is None:
-        pytest.skip("redis-benchmark not found")
+        skip_or_fail("redis-benchmark not found")
     cmd = [exe, "-h", "127.0.0.1", "-p", str(server.port), "-t", "set", "-n", str(N), "-d", "100",
            "-r", str(N), "-P", "256", "-c", "1", "-q"]  # fmt: skip
     describe(benchmark, ops=N, note=" ".join(cmd[0:1] + cmd[5:]))
@@ -239,3 +256,32 @@ def test_baseline_redispy_get(benchmark: object, aloop: LoopRunner, server: Redi
     describe(benchmark, ops=N_SINGLE)
     bench_async(benchmark, aloop, work, rounds=5)
     aloop.run(client.aclose())
+
+
+# -- a paused server -----------------------------------------------------------------------------
+
+
+@paused_group
+@pytest.mark.parametrize("op", ["get", "batch_get"])
+def test_statekit_paused_server_gives_up(
+    benchmark: object, aloop: LoopRunner, server: RedisServer, op: str
+) -> None:
+    """One read against a SIGSTOPped server, until it raises StorageError after its retries."""
+    backend = RedisStateBackend(RedisConfig.from_url(server.url, **PAUSED_OPTIONS))  # type: ignore[arg-type]
+    aloop.run(backend.put("paused", b"v"))
+
+    async def work() -> None:
+        try:
+            await (backend.batch_get(["paused"]) if op == "batch_get" else backend.get("paused"))
+        except StorageError:
+            return
+        raise AssertionError("a paused server answered")
+
+    describe(benchmark, ops=1, unit="reads", note=f"budget {PAUSED_BUDGET:.2f} s (reported, not asserted)")
+    server.pause()
+    try:
+        bench_async(benchmark, aloop, work, rounds=3, warmup_rounds=0)
+    finally:
+        server.resume()
+    assert aloop.run(backend.get("paused")) == b"v"
+    aloop.run(backend.close())

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.storage.moto_server import DUMMY_AWS_ENV, MotoServer, start_moto
+from tests.ci import require_module
+from tests.servers.moto_server import DUMMY_AWS_ENV, MotoServer, start_moto
 
 from _support import LoopRunner, describe
 from statekit.storage import BundleRef, FileStorage, PipelineStorage, Recipe, SqsPublisher
@@ -267,7 +268,7 @@ def test_statekit_s3_upload(
 def test_baseline_aioboto3_upload_fileobj(
     benchmark: Any, aloop: LoopRunner, moto: MotoServer, s3_place: tuple[str, str], payload: bytes
 ) -> None:
-    aioboto3 = pytest.importorskip("aioboto3")
+    aioboto3 = require_module("aioboto3", "pip install aioboto3 (the bench extra)")
     bucket, _ = s3_place
     session = aioboto3.Session()
 

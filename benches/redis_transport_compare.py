@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
-from tests.integration.redis_servers import start_standalone
+from tests.servers.redis_servers import start_standalone
 
 from _support import make_key, make_values
 from statekit import _native

@@ -12,19 +12,18 @@ which a test cannot move. So:
   really sleeps on Redis. Tests written with short TTLs (``SHORT_TTL``, ``PAST_SHORT_TTL``) check
   expiry on every backend this way.
 * ``@pytest.mark.fake_clock("see test_x")`` marks a test that expires keys by moving the FakeClock
-  (exact boundaries, TTLs of days): it is skipped, with a reason naming its short-TTL variant, on
-  backends in ``SERVER_CLOCK_KINDS``.
+  (exact boundaries, TTLs of days): its cases for the kinds in ``SERVER_CLOCK_KINDS`` are not
+  generated (removed at collection, one summary line printed); its short-TTL twin runs there.
 
 ``@pytest.mark.backend_needs("method", ...)`` (or a module's entry in ``MODULE_BACKEND_NEEDS``)
-skips the backend kinds whose class lacks one of those methods, naming it; the skip disappears by
-itself once the backend gains the method.
+skips the backend kinds whose class lacks one of those methods, naming it (a failure under
+``CI=true``, like every skip: see tests/ci.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -32,13 +31,17 @@ import pytest
 
 from statekit import KeyValueStore
 from statekit.backends import MemoryStateBackend, SqliteStateBackend, StateBackend
-from tests.integration.redis_servers import (
+from tests.ci import pytest_make_collect_report, pytest_runtest_makereport, skip_or_fail
+from tests.servers.redis_servers import (
     RedisCluster,
     RedisServer,
     require_redis,
     start_cluster,
     start_standalone,
 )
+
+# Hooks of tests/ci.py, registered by being names of this conftest: under CI=true a skip fails.
+__all__ = ["pytest_make_collect_report", "pytest_runtest_makereport"]
 
 
 class FakeClock:
@@ -76,7 +79,7 @@ PAST_SHORT_TTL = 0.45
 #: Backend methods some test modules need, for modules that do not (yet) declare
 #: ``pytestmark = pytest.mark.backend_needs(...)`` themselves.
 MODULE_BACKEND_NEEDS: dict[str, tuple[str, ...]] = {
-    "tests/unit/test_checkpoint.py": ("export_items", "replace_prefix"),
+    "tests/acceptance/test_checkpoint.py": ("export_items", "replace_prefix"),
 }
 
 #: The behaviour suite's Redis key prefix (the integration tests use "t:").
@@ -98,39 +101,53 @@ def backend_class(kind: str) -> type | None:
     return RedisStateBackend
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+#: How many FakeClock-only cases were not generated for server-clock kinds (summary line).
+_FAKE_CLOCK_DESELECTED: list[str] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     redis_fixtures = {"redis_server", "redis_cluster", "redis_tls", "redis_auth"}
+    kept: list[pytest.Item] = []
+    removed: list[pytest.Item] = []
     for item in items:
         callspec = getattr(item, "callspec", None)
         kind = callspec.params.get("backend_kind") if callspec is not None else None
+        if kind in SERVER_CLOCK_KINDS and item.get_closest_marker("fake_clock") is not None:
+            # The FakeClock cannot move a server's clock: no case at all, rather than a skip.
+            removed.append(item)
+            continue
+        kept.append(item)
         if kind in REDIS_KINDS or redis_fixtures & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.redis)
         if kind is None:
             continue
-        marker = item.get_closest_marker("fake_clock")
-        if kind in SERVER_CLOCK_KINDS and marker is not None:
-            reason = f"{kind} expires keys by the server's clock, which the FakeClock cannot move"
-            if marker.args:
-                reason += f"; on {kind}: {marker.args[0]}"
-            item.add_marker(pytest.mark.skip(reason=reason))
         needs = [name for mark in item.iter_markers("backend_needs") for name in mark.args]
         needs += MODULE_BACKEND_NEEDS.get(item.nodeid.split("::")[0], ())
         cls = backend_class(kind) if needs else None
         if cls is not None and (missing := [n for n in dict.fromkeys(needs) if not hasattr(cls, n)]):
             item.add_marker(pytest.mark.skip(reason=f"{cls.__name__} has no {'/'.join(missing)} (yet)"))
+    if removed:
+        config.hook.pytest_deselected(items=removed)
+        items[:] = kept
+        _FAKE_CLOCK_DESELECTED[:] = [item.nodeid for item in removed]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FAKE_CLOCK_DESELECTED:
+        kinds = "/".join(sorted(SERVER_CLOCK_KINDS))
+        terminalreporter.write_line(
+            f"{len(_FAKE_CLOCK_DESELECTED)} FakeClock-only cases not generated for {kinds} "
+            "(their real-time twins run there)"
+        )
 
 
 def require_redis_py() -> None:
     """Skip loudly (fail under CI=true) when redis-py, the Redis backend's client, is missing."""
-    if importlib.util.find_spec("redis") is not None:
-        return
-    message = "redis-py not installed: the Redis tests need it (pip install statekit[redis])"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    if importlib.util.find_spec("redis") is None:
+        skip_or_fail("redis-py not installed: the Redis tests need it (pip install statekit[redis])")
 
 
-# -- real Redis servers (session-scoped; tests/integration/redis_servers.py) -----------------
+# -- real Redis servers (session-scoped; tests/servers/redis_servers.py) -----------------
 
 
 @pytest.fixture(scope="session")

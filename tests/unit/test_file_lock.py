@@ -16,6 +16,7 @@ import pytest
 
 from statekit.errors import LockExistsError, LockLost, StateError
 from statekit.locks import FileLock
+from tests.ci import skip_or_fail
 
 LOCKED_OUT = 3
 WAIT = 60.0  # generous bound for cross-process hand-offs; never a speed assertion
@@ -189,10 +190,21 @@ def test_mutual_exclusion_across_processes(tmp_path: Path) -> None:
     assert int(counter.read_text()) == workers * wins
 
 
-def test_forked_child_does_not_inherit_the_lock(tmp_path: Path) -> None:
+#: Exit codes of _fork_while_holding (0: all well).
+FORK_FAILURES = {
+    10: "the forked child thinks it holds the lock",
+    11: "the forked child could take the lock the parent holds",
+    20: "the parent lost the lock when its child exited",
+    21: "the lock file is no longer valid after the fork",
+    22: "another process could take the lock after the fork",
+    30: "other threads run in the spawned process: fork() would be unsafe",
+}
+
+
+def _fork_while_holding(path: str) -> None:
+    """Hold the lock, fork(), check both sides; exit with a FORK_FAILURES code (0: all well)."""
     if threading.active_count() != 1:
-        pytest.skip("fork() with other threads running is unsafe")
-    path = tmp_path / "a.lock"
+        sys.exit(30)
     with FileLock(path) as lock:
         pid = os.fork()
         if pid == 0:  # child: must not think it holds the lock, and must not release the parent's
@@ -209,10 +221,22 @@ def test_forked_child_does_not_inherit_the_lock(tmp_path: Path) -> None:
             finally:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        assert lock.locked
-        assert lock.is_lock_file_valid()
-        assert _run(_try_lock, str(path)) == LOCKED_OUT
+        if (child := os.waitstatus_to_exitcode(status)) != 0:
+            sys.exit(child)
+        if not lock.locked:
+            sys.exit(20)
+        if not lock.is_lock_file_valid():
+            sys.exit(21)
+        if _run(_try_lock, path) != LOCKED_OUT:
+            sys.exit(22)
+
+
+def test_forked_child_does_not_inherit_the_lock(tmp_path: Path) -> None:
+    # fork() is only safe in a single-threaded process, and earlier tests may leave threads in this
+    # one (the sync store's loop thread): the fork happens in a freshly spawned process instead,
+    # so the test runs (never skips) whatever ran before it.
+    code = _run(_fork_while_holding, str(tmp_path / "a.lock"))
+    assert code == 0, FORK_FAILURES.get(code, f"exit code {code}")
 
 
 # -- validity and monitoring ---------------------------------------------------------------
@@ -444,7 +468,7 @@ def test_device_at_lock_path_is_refused(tmp_path: Path) -> None:
     try:
         os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # what /dev/null is
     except OSError as exc:
-        pytest.skip(f"cannot create a device node here: {exc}")
+        skip_or_fail(f"cannot create a device node here: {exc}")
     with pytest.raises(LockExistsError, match="is a device") as info:
         FileLock(path).acquire()
     assert info.value.held is False

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-prometheus_client = pytest.importorskip("prometheus_client", reason="pip install statekit[metrics]")
+from tests.ci import require_module
+
+prometheus_client = require_module("prometheus_client", "pip install statekit[metrics]")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from statekit import KeyValueStore, create_store  # noqa: E402
+from statekit import KeyValueStore  # noqa: E402
 from statekit.backends import CachedStateBackend, MemoryStateBackend, SqliteStateBackend  # noqa: E402
 from statekit.checkpoint import CheckpointCoordinator, CheckpointOptions  # noqa: E402
 from statekit.errors import ConfigError  # noqa: E402
@@ -92,34 +94,6 @@ async def test_cache_figures_and_refresh(tmp_path: Path) -> None:
     assert value(samples, "statekit_backend_reads_total", result="hit", **labels) == 1  # the miss
 
 
-async def test_redis_latency_histogram_and_retries(redis_url: str) -> None:
-    pytest.importorskip("redis")
-    store = create_store(redis_url, key_prefix="m:")
-    try:
-        for i in range(5):
-            await store.put(f"k{i}", i)
-        assert await store.get("k1") == 1
-        collector = StatekitCollector().add_store(store, name="r")
-        await collector.refresh()
-        samples = scrape(collector)
-        operations = store.backend.stats_nowait().get_count + store.backend.stats_nowait().put_count
-    finally:
-        await store.close()
-    labels = {"store": "r", "backend": "redis"}
-    count = value(samples, "statekit_backend_request_duration_seconds_count", **labels)
-    assert count >= operations == 6  # refresh() adds its own requests
-    assert value(samples, "statekit_backend_request_duration_seconds_bucket", le="+Inf", **labels) == count
-    assert value(samples, "statekit_backend_request_duration_seconds_sum", **labels) > 0
-    buckets = sorted(
-        (float(dict(k[1])["le"]), v)
-        for k, v in samples.items()
-        if k[0] == "statekit_backend_request_duration_seconds_bucket"
-    )
-    assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
-    assert value(samples, "statekit_backend_retries_total", **labels) == 0
-    assert value(samples, "statekit_store_keys", **labels) == 5
-
-
 async def test_checkpoint_figures(tmp_path: Path) -> None:
     store = KeyValueStore(MemoryStateBackend())
     await store.put_many({f"k{i}": i for i in range(100)})
@@ -142,7 +116,7 @@ async def test_checkpoint_figures(tmp_path: Path) -> None:
 
 
 async def test_opentelemetry_instruments_read_the_same_figures() -> None:
-    pytest.importorskip("opentelemetry.sdk.metrics", reason="pip install opentelemetry-sdk")
+    require_module("opentelemetry.sdk.metrics", "pip install opentelemetry-sdk")
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 

@@ -77,7 +77,9 @@ async def test_event_loop_keeps_running_while_sqlite_waits_for_a_lock(tmp_path: 
 
     tick_task = asyncio.create_task(ticker())
     put_task = asyncio.create_task(backend.put("k2", b"v2"))
-    await asyncio.sleep(0.3)
+    while ticks < 10:  # the loop keeps scheduling the ticker while the put waits for the lock
+        assert not put_task.done()
+        await asyncio.sleep(0.01)
     assert not put_task.done()
     blocker.execute("COMMIT")
     blocker.close()

@@ -1,7 +1,7 @@
 """Fenced writes through the blocking store (statekit.sync).
 
-Kept apart from test_fenced_writes.py: the sync store starts a background loop thread that lives
-on, and test_file_lock.py's fork test skips when other threads run, so this file sorts after it.
+A unit test (one SQLite file, no server): the every-backend fenced-write suite is
+tests/acceptance/test_fenced_writes.py.
 """
 
 from __future__ import annotations
