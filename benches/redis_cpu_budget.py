@@ -29,7 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.integration.redis_servers import RedisServer, start_cluster, start_standalone
+from tests.servers.redis_servers import RedisServer, start_cluster, start_standalone
 
 from _support import make_key, make_values
 from statekit.backends import RedisConfig
