@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from itertools import compress, repeat
-from operator import itemgetter
 
 from sortedcontainers import SortedDict
 
@@ -169,21 +168,13 @@ class MemoryStateBackend:
         ttl = check_ttl(ttl)
         with self._lock:
             if ttl is None and not self._expires:
-                # Fast path, no expiry bookkeeping at all. Overwrites go straight into the dict
-                # (SortedDict is one: its sorted key list only changes when keys are added), and
-                # only new keys go through SortedDict.update, which re-sorts every key when the
-                # batch is over a tenth of the store, overwrites included.
-                data = self._data
-                present = [pair for pair in items if pair[0] in data]
-                dict.update(data, present)
-                if len(present) < len(items):
-                    data.update([pair for pair in items if pair[0] not in data])
+                self._data.update(items)  # fast path: no expiry bookkeeping at all
             else:
                 for key, value in items:
                     self._set(key, value, ttl)
         self._stats.batch_count += 1
         self._stats.put_count += len(items)
-        self._stats.bytes_written += sum(map(len, map(itemgetter(1), items)))
+        self._stats.bytes_written += sum(len(v) for _, v in items)
 
     async def delete(self, key: str) -> bool:
         self._check_open()
