@@ -28,8 +28,7 @@ Events are processed in batches. For each batch the job
    rather than reading them back; a window an earlier run had started is read once, with one
    ``range_get``, before the run's first batch,
 3. merges, and writes the merged aggregates *and* the new committed offset with one
-   ``put_many``, which runs while the next batch is folded (step 1 touches neither the store
-   nor a file) and ends before anything of the next batch is written.
+   ``put_many``.
 
 On SQLite a ``put_many`` is one transaction: either the aggregates and the offset that
 accounts for them are both on disk, or neither is. A crash anywhere therefore leaves the

@@ -353,8 +353,7 @@ class _Known:
         return [get(key) for key in keys]
 
     def committed(self, updates: dict[str, Any], start: int, stop: int) -> None:
-        """Batch ``[start, stop)`` is being committed: keep the aggregates of its last window (read
-        by the next batch only after that commit has landed)."""
+        """Batch ``[start, stop)`` is committed: keep the aggregates of its last window."""
         last = (stop - 1) // self.window_ms
         if last != self.window:
             self.window, self.aggregates = last, {}
@@ -377,33 +376,11 @@ async def process(
     progress: bool,
     checkpoints: BatchCheckpoints | None = None,
 ) -> Committed:
-    """Consume events ``[committed.offset, params.events)`` in batches; return the last commit.
-
-    A batch's commit runs while the next batch is folded (the fold only computes, it touches
-    neither the store nor a file), and is awaited before anything of the next batch is read or
-    written: every write happens in the same order as with one batch at a time.
-    """
+    """Consume events ``[committed.offset, params.events)`` in batches; return the last commit."""
     start = committed.offset
     began = time.perf_counter()
     known = _Known(params.window_ms)
     await known.load_partial_window(store, start)
-    in_flight: tuple[asyncio.Task[float], Committed, int] | None = None  # (commit, its batch, offset)
-
-    async def put(updates: dict[str, Any]) -> float:
-        t0 = time.perf_counter()
-        await store.put_many(updates)
-        return time.perf_counter() - t0
-
-    async def landed(commit: asyncio.Task[float], batch: Committed, offset: int) -> Committed:
-        """Wait for a batch's commit, then do what follows it: watermarks, progress, checkpoint."""
-        seconds = await commit
-        # Then the human-facing watermarks and the commit's timing.
-        await book.after_commit(batch.run, put=seconds)
-        bar.update(batch.offset - offset)
-        if checkpoints is not None:
-            await checkpoints.after_commit(batch, params)
-        return batch
-
     with tqdm(
         total=params.events,
         initial=start,
@@ -413,59 +390,51 @@ async def process(
         disable=not progress,
         smoothing=0.1,
     ) as bar:
-        offset = committed.offset
-        try:
-            while offset < params.events:
-                stop = min(offset + batch_size, params.events)
-                # 1. Fold the batch locally: one entry per (window, key) the batch touches. The
-                # previous batch's commit runs meanwhile (the store's worker thread, the fsync).
-                t0 = time.perf_counter()
-                deltas, failed = fold_batch(params, offset, stop)
-                fold = time.perf_counter() - t0
-                if in_flight is not None:
-                    committed, in_flight = await landed(*in_flight), None
-                # 2. The current aggregates of exactly those keys (see _Known: the ones this run
-                # committed, as a read would return them).
-                t1 = time.perf_counter()
-                keys = list(deltas)
-                current = known.current(keys)
-                t2 = time.perf_counter()
-                # 3. Merge, and add the offset record that says "events before `stop` are in".
-                updates: dict[str, Any] = {
-                    key: merge(old, deltas[key]) for key, old in zip(keys, current, strict=True)
-                }
-                batch = Committed(stop, committed.run + 1, committed.failed + len(failed))
-                updates[OFFSET_KEY] = offset_record(params, batch)
-                # 4. Failure records and the tracker's work counters, before the commit.
-                await book.before_commit(offset, stop, failed, fold=fold, read=t2 - t1)
-                if crash_after is not None and stop - start >= crash_after:
-                    bar.close()
-                    # Let the previous batch's run-state update land, so the demo is repeatable (a
-                    # real crash may leave the file one run behind: the next start catches it up).
-                    await book.settle()
-                    # The worst moment: the batch's work is done but not committed.
-                    crash_now(
-                        offset,
-                        stop,
-                        computed=stop - start,
-                        seconds=time.perf_counter() - began,
-                        checkpoint=checkpoints.newest if checkpoints is not None else None,
-                    )
-                book.check_lock()
-                # 5. Commit aggregates and offset together: one put_many, one transaction. It is
-                # started now and awaited after the next fold.
-                in_flight = (asyncio.create_task(put(updates)), batch, offset)
-                known.committed(updates, offset, stop)
-                offset = stop
-                # 6. Let the commit start (encode, hand over to the store) and the other tasks run
-                # (the periodic checkpoints): a store that answers without suspending, like
-                # memory://, would otherwise never hand the event loop over.
-                await asyncio.sleep(0)
-            if in_flight is not None:
-                committed, in_flight = await landed(*in_flight), None
-        finally:
-            if in_flight is not None:  # something failed while a commit was in flight: let it end first
-                await asyncio.wait([in_flight[0]])
-                if not in_flight[0].cancelled():
-                    in_flight[0].exception()  # retrieved: the error being raised is the one to report
+        while committed.offset < params.events:
+            offset = committed.offset
+            stop = min(offset + batch_size, params.events)
+            # 1. Fold the batch locally: one entry per (window, key) the batch touches.
+            t0 = time.perf_counter()
+            deltas, failed = fold_batch(params, offset, stop)
+            # 2. The current aggregates of exactly those keys (see _Known: the ones this run
+            # committed, as a read would return them).
+            t1 = time.perf_counter()
+            keys = list(deltas)
+            current = known.current(keys)
+            t2 = time.perf_counter()
+            # 3. Merge, and add the offset record that says "events before `stop` are in".
+            updates: dict[str, Any] = {
+                key: merge(old, deltas[key]) for key, old in zip(keys, current, strict=True)
+            }
+            batch = Committed(stop, committed.run + 1, committed.failed + len(failed))
+            updates[OFFSET_KEY] = offset_record(params, batch)
+            # 4. Failure records and the tracker's work counters, before the commit.
+            await book.before_commit(offset, stop, failed, fold=t1 - t0, read=t2 - t1)
+            if crash_after is not None and stop - start >= crash_after:
+                bar.close()
+                # Let the previous batch's run-state update land, so the demo is repeatable (a
+                # real crash may leave the file one run behind: the next start catches it up).
+                await book.settle()
+                # The worst moment: the batch's work is done but not committed.
+                crash_now(
+                    offset,
+                    stop,
+                    computed=stop - start,
+                    seconds=time.perf_counter() - began,
+                    checkpoint=checkpoints.newest if checkpoints is not None else None,
+                )
+            book.check_lock()
+            # 5. Commit aggregates and offset together: one put_many, one transaction.
+            t3 = time.perf_counter()
+            await store.put_many(updates)
+            committed = batch
+            known.committed(updates, offset, stop)
+            # 6. Then the human-facing watermarks and the commit's timing.
+            await book.after_commit(batch.run, put=time.perf_counter() - t3)
+            bar.update(stop - offset)
+            if checkpoints is not None:
+                await checkpoints.after_commit(batch, params)
+            # 7. Let the other tasks run (the periodic checkpoints): a store that answers without
+            # suspending, like memory://, would otherwise never hand the event loop over.
+            await asyncio.sleep(0)
     return committed
