@@ -349,8 +349,7 @@ class _Known:
 
     def current(self, keys: list[str]) -> list[Aggregate | None]:
         """The stored aggregate of each key (None: not stored), for keys in ``self.window`` or later."""
-        get = self.aggregates.get
-        return [get(key) for key in keys]
+        return list(map(self.aggregates.get, keys))
 
     def committed(self, updates: dict[str, Any], start: int, stop: int) -> None:
         """Batch ``[start, stop)`` is committed: keep the aggregates of its last window."""
@@ -403,9 +402,7 @@ async def process(
             current = known.current(keys)
             t2 = time.perf_counter()
             # 3. Merge, and add the offset record that says "events before `stop` are in".
-            updates: dict[str, Any] = {
-                key: merge(old, deltas[key]) for key, old in zip(keys, current, strict=True)
-            }
+            updates: dict[str, Any] = dict(zip(keys, map(merge, current, deltas.values()), strict=True))
             batch = Committed(stop, committed.run + 1, committed.failed + len(failed))
             updates[OFFSET_KEY] = offset_record(params, batch)
             # 4. Failure records and the tracker's work counters, before the commit.
