@@ -83,7 +83,7 @@ def parse_row(bench: dict[str, Any]) -> Row:
 
 
 #: Groups are printed in this order of their name's first word, then in the order they ran.
-GROUP_ORDER = ("memory", "sqlite", "runs", "sha256", "framing")
+GROUP_ORDER = ("memory", "sqlite", "runs", "sha256", "framing", "stream")
 
 
 def group_rank(group: str) -> int:

@@ -23,7 +23,10 @@ How exactly-once works here
 Events are processed in batches. For each batch the job
 
 1. folds the batch into per-(window, key) deltas in a plain dict (no I/O),
-2. reads the current aggregates of the touched keys with one ``get_many``,
+2. takes the current aggregates of the touched keys: the job holds the lock, so the ones it
+   committed itself are still what the store holds, and it keeps those of the window it is in
+   rather than reading them back; a window an earlier run had started is read once, with one
+   ``range_get``, before the run's first batch,
 3. merges, and writes the merged aggregates *and* the new committed offset with one
    ``put_many``.
 
@@ -59,7 +62,7 @@ SQLite file; a ``memory://`` store, which dies with the process, gets none of th
   so under ``job:errors:``), where a retry pass would find it with ``get_failed_items``.
 * a :class:`~statekit.persistence.StateTracker` named ``stream_job`` in the store: counters
   (batches, events processed, events failed) and the time of each batch phase (fold,
-  get_many, put_many), printed at the end.
+  read, put_many), printed at the end.
 * ``checkpoints/``, the :mod:`statekit.checkpoint` files (see Checkpoints).
 
 Only the store's offset record decides what is committed. The other records are written

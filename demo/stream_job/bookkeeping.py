@@ -42,7 +42,7 @@ MAX_CHECKPOINTS: Final = 5
 
 #: Tracker counters and timed phases, in the order the summary prints them.
 COUNTERS: Final = ("batches", "events_processed", "events_failed")
-PHASES: Final = ("fold", "get_many", "put_many")
+PHASES: Final = ("fold", "read", "put_many")
 
 
 # -- the files next to the store ---------------------------------------------------------------
@@ -288,7 +288,7 @@ class Bookkeeping:
         self._watermarks: asyncio.Future[None] | None = None
 
     async def before_commit(
-        self, start: int, stop: int, failed: list[int], *, fold: float, get: float
+        self, start: int, stop: int, failed: list[int], *, fold: float, read: float
     ) -> None:
         """Record the batch's work and failures; done before the commit, so at least once.
 
@@ -302,7 +302,7 @@ class Bookkeeping:
             self.tracker.increment_counter("batches"),
             self.tracker.increment_counter("events_processed", stop - start),
             self.tracker.record_processing_time("fold", fold),
-            self.tracker.record_processing_time("get_many", get),
+            self.tracker.record_processing_time("read", read),
         ]
         if failed:
             writes.append(self.tracker.increment_counter("events_failed", len(failed)))

@@ -24,6 +24,8 @@ import hashlib
 import hmac
 import math
 import pickle
+from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any, Final, Protocol
 
 import msgspec
@@ -121,6 +123,23 @@ class JsonSerializer(_MsgspecSerializer):
                 key=key,
             )
         return data
+
+    def encode_many(self, pairs: Sequence[tuple[str, Any]]) -> list[tuple[str, bytes]]:
+        """``(key, encode(value, key=key))`` for every pair, with the same checks and errors.
+
+        One comprehension calling msgspec directly instead of two Python calls per value (a
+        batch's encoding was a third of ``put_many`` for small values); any failure, and any
+        ``null`` that may hide a NaN, is left to :meth:`encode`, value by value.
+        """
+        encode = self._encoder.encode
+        try:
+            encoded = [(key, encode(value)) for key, value in pairs]
+        except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError):
+            return [(key, self.encode(value, key=key)) for key, value in pairs]
+        # Joined by newlines, which no "null" spans: found only when one of the texts holds it.
+        if b"null" in b"\n".join(map(itemgetter(1), encoded)):
+            return [(key, self.encode(value, key=key)) for key, value in pairs]
+        return encoded
 
 
 class MsgpackSerializer(_MsgspecSerializer):

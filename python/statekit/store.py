@@ -26,7 +26,7 @@ from statekit.backends.base import (
     prefix_upper_bound,
 )
 from statekit.errors import ConfigError, InvalidKey, KeyNotFound
-from statekit.serializers import PickleSerializer, Serializer, make_serializer
+from statekit.serializers import JsonSerializer, PickleSerializer, Serializer, make_serializer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
@@ -291,7 +291,10 @@ class KeyValueStore:
         encode = self._codec.encode
         full_key = self._full_key
         full_keys_values = [(full_key(key), value) for key, value in pairs]
-        encoded = [(key, encode(value, key=key)) for key, value in full_keys_values]
+        if isinstance(self._codec, JsonSerializer):  # the default: the whole batch in one loop
+            encoded = self._codec.encode_many(full_keys_values)
+        else:
+            encoded = [(key, encode(value, key=key)) for key, value in full_keys_values]
         if fence is None:
             await self._backend.batch_put(encoded, self._ttl(ttl))
         else:

@@ -480,3 +480,35 @@ async def test_json_refuses_nan_and_infinities(store: KeyValueStore, bad: float)
     assert not await store.exists("k")
     await store.put("k", {"a": None, "b": [None, 1.5]})  # a real null is fine
     assert await store.get("k") == {"a": None, "b": [None, 1.5]}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), object()])
+async def test_put_many_refuses_a_batch_with_one_bad_value_and_names_its_key(
+    store: KeyValueStore, bad: Any
+) -> None:
+    # put_many encodes a JSON batch in one loop; a failure must still name the key and write nothing.
+    batch = {f"k{i:03d}": {"n": i, "x": None} for i in range(200)}
+    batch["k150"] = {"n": 150, "x": [1.0, bad]}
+    with pytest.raises(SerializationFailed, match="'k150'"):
+        await store.put_many(batch)
+    assert await store.keys("k") == []
+    del batch["k150"]
+    await store.put_many(batch)  # the nulls of the other values are real ones
+    assert await store.get_many(["k000", "k199", "k150"]) == [
+        {"n": 0, "x": None},
+        {"n": 199, "x": None},
+        None,
+    ]
+
+
+async def test_put_many_mixing_overwrites_new_keys_and_repeats_keeps_keys_sorted(
+    store: KeyValueStore,
+) -> None:
+    await store.put_many({f"a{i:03d}": i for i in range(0, 300, 2)})  # the even ones
+    # Mostly overwrites, some new keys (odd), one key twice (the last value wins), in no order.
+    batch = [(f"a{i:03d}", -i) for i in range(299, -1, -3)] + [("a004", "again"), ("a001", "last")]
+    await store.put_many(batch)
+    expected = {f"a{i:03d}": i for i in range(0, 300, 2)} | {f"a{i:03d}": -i for i in range(299, -1, -3)}
+    expected |= {"a004": "again", "a001": "last"}
+    assert await store.range_get("a") == sorted(expected.items())
+    assert await store.keys("a") == sorted(expected)

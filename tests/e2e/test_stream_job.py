@@ -176,7 +176,7 @@ def test_clean_run_verifies(tmp_path: Path, job: ModuleType) -> None:
     assert f"{len(failures):,} failed events left out" in proc.stdout
     assert counters(proc) == {"batches": BATCHES, "events_processed": EVENTS, "events_failed": len(failures)}
     assert "redone work: 0 batch(es), 0 events" in proc.stdout
-    assert phase_counts(proc) == {"fold": BATCHES, "get_many": BATCHES, "put_many": BATCHES}
+    assert phase_counts(proc) == {"fold": BATCHES, "read": BATCHES, "put_many": BATCHES}
     assert (state / "stream_job.lock").exists()  # never deleted; it only holds the last PID
     # A clean finish takes a final checkpoint (and the periodic ones, if the run is slow).
     assert checkpoint_stats(proc)["created"] >= 1
@@ -238,7 +238,7 @@ def test_crash_then_resume(tmp_path: Path, job: ModuleType) -> None:
         "events_failed": len(expected_failures(job)) + len(redone),
     }
     assert f"redone work: 1 batch(es), {BATCH:,} events" in resumed.stdout
-    assert phase_counts(resumed) == {"fold": BATCHES + 1, "get_many": BATCHES + 1, "put_many": BATCHES}
+    assert phase_counts(resumed) == {"fold": BATCHES + 1, "read": BATCHES + 1, "put_many": BATCHES}
     assert (state / "stream_job.lock").read_text().strip() != pid.group(1)
 
 
@@ -724,9 +724,9 @@ def test_verification_detects_a_corrupted_store(
 # -- building blocks -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rate", [0, 300])
-def test_fold_batch_agrees_with_event_at(job: ModuleType, rate: int) -> None:
-    params = job.JobParams(events=12_000, keys=37, seed=99, window_seconds=4, failure_rate=rate)
+@pytest.mark.parametrize(("rate", "seed"), [(0, 99), (300, 99), (300, -(2**70) + 5)])
+def test_fold_batch_agrees_with_event_at(job: ModuleType, rate: int, seed: int) -> None:
+    params = job.JobParams(events=12_000, keys=37, seed=seed, window_seconds=4, failure_rate=rate)
     expected: dict[str, list[int]] = {}
     failed: list[int] = []
     for offset in range(3_500, 9_100):  # straddles the windows starting at 4,000 and 8,000
@@ -746,6 +746,45 @@ def test_fold_batch_agrees_with_event_at(job: ModuleType, rate: int) -> None:
     assert {key[:14] for key in deltas} == {"job:agg:000000", "job:agg:000001", "job:agg:000002"}
     assert batch_failed == failed
     assert (len(failed) > 100) == (rate > 0)  # 3 % of 5,600 events
+
+
+@pytest.mark.parametrize("first_stop", [5_300, 8_000])
+def test_process_resumed_in_a_window_merges_into_what_the_earlier_run_stored(
+    job: ModuleType, first_stop: int
+) -> None:
+    """A run that starts in the middle of a window (5,300) reads that window's stored aggregates
+    once, and keeps what it commits itself: the result equals the recomputation either way."""
+    from statekit.persistence import create_persistence_manager, create_state_tracker
+
+    bookkeeping = importlib.import_module("demo.stream_job.bookkeeping")
+    verify = importlib.import_module("demo.stream_job.verify")
+    loop = importlib.import_module("demo.stream_job.job")
+    params = job.JobParams(events=13_000, keys=40, seed=11, window_seconds=4, failure_rate=200)
+    failed: list[int] = []
+    expected = {
+        key: agg for _, window in verify.expected_windows(params, failed) for key, agg in window.items()
+    }
+
+    async def run() -> tuple[Any, dict[str, Any]]:
+        async with create_store("memory://") as store:
+            tracker = await create_state_tracker("t", store, ttl=None)
+            errors = await create_persistence_manager("job", store, error_ttl=None)
+            book = bookkeeping.Bookkeeping(params, tracker, errors, None, None)
+            first_params = job.JobParams(**{**params.__dict__, "events": first_stop})
+            nothing = loop.Committed(0, 0, 0)
+            first = await loop.process(
+                store, first_params, nothing, book, batch_size=700, crash_after=None, progress=False
+            )
+            assert first.offset == first_stop
+            final = await loop.process(
+                store, params, first, book, batch_size=1_100, crash_after=None, progress=False
+            )
+            return final, dict(await store.range_get(loop.AGG_PREFIX))
+
+    final, stored = await_(run())
+    assert final.offset == params.events
+    assert final.failed == len(failed) > 0
+    assert stored == expected
 
 
 def test_failure_rule(job: ModuleType) -> None:
