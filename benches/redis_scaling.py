@@ -8,9 +8,10 @@ Starts a fresh standalone server and a fresh local 3-master cluster (the test fi
 no persistence), then for each layout writes ``--keys`` keys of 16 B with 100 B values through
 ``RedisStateBackend.batch_put`` in batches of ``--batch`` keys from ``--tasks`` concurrent tasks,
 and reads ``used_memory`` of ``INFO memory`` (summed over the cluster's masters) before and after.
-Layouts: standalone with the index (1 shard), standalone with ``range_index=False``, cluster with
-the index (16 shards), cluster with ``range_index=False``. Memory per key = (after - before) / keys;
-the index's cost = layout with index - the same topology without.
+Layouts: standalone with the flat index (1 shard), with the paged index (``index_layout="paged"``),
+with ``range_index=False``; the same three on the cluster (16 shards). Memory per key = (after -
+before) / keys; the index's cost = layout with index - the same topology without. ``--only`` runs
+the layouts whose name contains one of its words (``--only paged,False``).
 """
 
 from __future__ import annotations
@@ -66,18 +67,25 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--tasks", type=int, default=4)
+    parser.add_argument("--only", default="", help="comma-separated words: run the layouts naming one")
     args = parser.parse_args()
     standalone = start_standalone()
     cluster = start_cluster()
     rows = []
     try:
+        paged = {"index_layout": "paged"}
         layouts = [
             ("standalone, index (1 shard)", standalone.url, [standalone], {}),
+            ("standalone, paged index (1 shard)", standalone.url, [standalone], paged),
             ("standalone, range_index=False", standalone.url, [standalone], {"range_index": False}),
             ("cluster 3 masters, index (16 shards)", cluster.url, cluster.nodes, {}),
+            ("cluster 3 masters, paged index (16 shards)", cluster.url, cluster.nodes, paged),
             ("cluster 3 masters, range_index=False", cluster.url, cluster.nodes, {"range_index": False}),
         ]
+        words = [w for w in args.only.split(",") if w]
         for name, url, nodes, options in layouts:
+            if words and not any(w in name for w in words):
+                continue
             for node in nodes:
                 node.flushall()
             before = used_memory(nodes)
@@ -93,14 +101,29 @@ def main() -> None:
     print("| layout | batch put | memory per key | index overhead |")
     print("|---|---:|---:|---:|")
     for name, rate, per_key in rows:
-        base = plain[name.split(",")[0]]
-        extra = per_key - base
-        overhead = "—" if "False" in name else f"+{extra:.0f} B (+{(per_key / base - 1) * 100:.0f}%)"
-        print(f"| {name} | {rate / 1e3:,.0f}k keys/s | {per_key:.0f} B | {overhead} |")
+        base = plain.get(name.split(",")[0])
+        if "False" in name or base is None:
+            overhead = "—"
+        else:
+            overhead = f"+{per_key - base:.1f} B (+{(per_key / base - 1) * 100:.0f}%)"
+        print(f"| {name} | {rate / 1e3:,.0f}k keys/s | {per_key:.1f} B | {overhead} |")
     rate = {r[0]: r[1] for r in rows}
-    with_index = rate["cluster 3 masters, index (16 shards)"] / rate["standalone, index (1 shard)"]
-    without = rate["cluster 3 masters, range_index=False"] / rate["standalone, range_index=False"]
-    print(f"\ncluster / standalone batch put: with index {with_index:.2f}x, without {without:.2f}x")
+
+    def ratio(a: str, b: str) -> str:
+        return f"{rate[a] / rate[b]:.2f}x" if a in rate and b in rate else "(not run)"
+
+    print(
+        "\ncluster / standalone batch put: flat index "
+        + ratio("cluster 3 masters, index (16 shards)", "standalone, index (1 shard)")
+        + ", without index "
+        + ratio("cluster 3 masters, range_index=False", "standalone, range_index=False")
+    )
+    print(
+        "paged / flat batch put: standalone "
+        + ratio("standalone, paged index (1 shard)", "standalone, index (1 shard)")
+        + ", cluster "
+        + ratio("cluster 3 masters, paged index (16 shards)", "cluster 3 masters, index (16 shards)")
+    )
 
 
 if __name__ == "__main__":

@@ -67,37 +67,25 @@ local function page_of(dir, m, create)
   if create then redis.call('ZADD', dir, 0, '') end
   return ''
 end
+-- ZADD ms[i..j] (sorted) in descending order: each lands at a listpack's head (no walk to its place).
 local function zadd_all(key, ms, i, j)
-  for s = i, j, 1000 do
+  for s = j, i, -1000 do
     local args = {{}}
-    for t = s, math.min(s + 999, j) do args[#args + 1] = 0; args[#args + 1] = ms[t] end
+    for t = s, math.max(s - 999, i), -1 do args[#args + 1] = 0; args[#args + 1] = ms[t] end
     redis.call('ZADD', key, unpack(args))
   end
 end
--- ms[i..j] (sorted) into the page of boundary b; split it into pages of <= PAGE_MAX when it would
--- outgrow that: the merged members are written to fresh keys (a sorted set that once outgrew a
--- listpack stays a skiplist), each new page's boundary being its first member.
+-- ms[i..j] (sorted) into the page of boundary b. A page that outgrows PAGE_MAX is split into
+-- pages of about equal size written to fresh keys (a sorted set that once outgrew a listpack
+-- stays a skiplist), each new page's boundary being its first member. Redis merges (ZADD), so
+-- no member is compared in Lua.
 local function pg_put(dir, pfx, b, ms, i, j)
   local pk = pfx .. b
-  if redis.call('ZCARD', pk) + (j - i + 1) <= PAGE_MAX then
-    zadd_all(pk, ms, i, j)
-    return
-  end
-  local old = redis.call('ZRANGE', pk, 0, -1)
-  local all, p, q = {{}}, 1, i
-  while p <= #old or q <= j do
-    local m
-    if q > j or (p <= #old and lt(old[p], ms[q])) then m = old[p]; p = p + 1
-    else m = ms[q]; q = q + 1 end
-    if all[#all] ~= m then all[#all + 1] = m end
-  end
-  local n = #all
-  local k = math.ceil(n / PAGE_MAX)
-  if k == 1 then
-    zadd_all(pk, all, 1, n)
-    return
-  end
-  local size = math.ceil(n / k)
+  zadd_all(pk, ms, i, j)
+  local n = redis.call('ZCARD', pk)
+  if n <= PAGE_MAX then return end
+  local all = redis.call('ZRANGE', pk, 0, -1)
+  local size = math.ceil(n / math.ceil(n / PAGE_MAX))
   redis.call('DEL', pk)
   for lo = 1, n, size do
     local key = pk
@@ -108,20 +96,46 @@ local function pg_put(dir, pfx, b, ms, i, j)
     zadd_all(key, all, lo, math.min(n, lo + size - 1))
   end
 end
--- Sorted members ms[i..j]: grouped by page in one pass over the directory.
+-- Sorted members ms[i..j], grouped by page in one pass over the directory. Scattered keys (one
+-- member per page) cost one directory lookup each; a run of members in one page is delimited by
+-- the next boundary and a galloping search (a few byte comparisons per page, not per member).
 local function ix_add_sorted(key, ms, i, j)
   if string.sub(key, -4) ~= ':dir' then
     zadd_all(key, ms, i, j)
     return
   end
   local pfx = pg_prefix(key)
+  local b = page_of(key, ms[i], true)
   while i <= j do
-    local b = page_of(key, ms[i], true)
-    local nxt = redis.call('ZRANGEBYLEX', key, '(' .. b, '+', 'LIMIT', 0, 1)[1]
-    local e = i
-    while e < j and (not nxt or lt(ms[e + 1], nxt)) do e = e + 1 end
+    local e, after = i, nil
+    if i < j then
+      after = page_of(key, ms[i + 1], false)
+      if after == b then  -- a run: where does it end?
+        after = nil
+        local nxt = redis.call('ZRANGEBYLEX', key, '(' .. b, '+', 'LIMIT', 0, 1)[1]
+        if not nxt or lt(ms[j], nxt) then
+          e = j
+        else
+          local lo, step = i + 1, 1  -- ms[lo] < nxt <= ms[j]
+          while lo + step < j and lt(ms[lo + step], nxt) do
+            lo = lo + step
+            step = step * 2
+          end
+          local hi = math.min(lo + step, j)  -- nxt <= ms[hi]
+          while hi - lo > 1 do
+            local mid = math.floor((lo + hi) / 2)
+            if lt(ms[mid], nxt) then lo = mid else hi = mid end
+          end
+          e = lo
+        end
+      end
+    end
     pg_put(key, pfx, b, ms, i, e)
     i = e + 1
+    -- The next member's page: a split of page b only adds boundaries below it. After a run,
+    -- look it up (the split may have put one just below it).
+    if after then b = after
+    elseif i <= j then b = page_of(key, ms[i], false) end
   end
 end
 local function ix_add(key, m)
