@@ -8,6 +8,7 @@ server: every page within its directory range, no empty page, page sizes within 
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -184,8 +185,11 @@ async def test_range_with_limit_and_count_across_pages(paged: RedisStateBackend)
     assert items.keys == keys[90:]
     assert items.expires_at is not None
     assert sum(e is not None for e in items.expires_at) == 5
-    await paged.replace_prefix("r0", [("r0new", b"n", None)])
-    assert await paged.list_keys("") == ["r0new"]
+    restored = [(f"r0{i:02d}", b"n", None if i % 3 else time.time() + 600) for i in range(20)]
+    await paged.replace_prefix("r0", restored)  # expiring items: one expiry score per member
+    assert await paged.list_keys("") == [k for k, _, _ in restored]
+    stats = await paged.stats()
+    assert (stats.total_keys, stats.expiring_keys) == (20, 7)
 
 
 async def test_pages_of_the_real_size_stay_listpacks(redis_url: str, redis_server: RedisServer) -> None:

@@ -18,7 +18,7 @@ Layouts (``index_layout``):
   node and a dict entry each).
 * ``"paged"``: a two-level B-tree of sorted sets per shard, all in the shard's slot: a directory
   ``{<tag>}:dir`` of page lower boundaries ("" is the first page's) and pages ``{<tag>}:p:<boundary>``
-  of at most ``PAGE_MAX`` members, small enough to stay listpack-encoded (~22 B per member).
+  of at most ``PAGE_MAX`` members, small enough to stay listpack-encoded (~25 B per member).
   The Lua functions of _scripts._LIB insert (splitting full pages), remove (dropping emptied
   pages from the directory) and walk pages; reads return up to ``want`` members per script.
 """

@@ -75,12 +75,28 @@ local function zadd_all(key, ms, i, j)
     redis.call('ZADD', key, unpack(args))
   end
 end
--- ms[i..j] (sorted) into the page of boundary b. A page that outgrows PAGE_MAX is split into
+-- ms[i..j] (sorted, distinct) into the page of boundary b. Members all above the page's last
+-- fill it and then new full pages. Otherwise a page that outgrows PAGE_MAX is split into
 -- pages of about equal size written to fresh keys (a sorted set that once outgrew a listpack
 -- stays a skiplist), each new page's boundary being its first member. Redis merges (ZADD), so
 -- no member is compared in Lua.
 local function pg_put(dir, pfx, b, ms, i, j)
   local pk = pfx .. b
+  local c = redis.call('ZCARD', pk)
+  if c + j - i + 1 <= PAGE_MAX then
+    zadd_all(pk, ms, i, j)
+    return
+  end
+  if c == 0 or lt(redis.call('ZRANGE', pk, -1, -1)[1], ms[i]) then
+    -- An append (ascending keys, a bulk load): fill this page, then new full pages.
+    local lo = i + math.max(0, PAGE_MAX - c)
+    if lo > i then zadd_all(pk, ms, i, lo - 1) end
+    for s = lo, j, PAGE_MAX do
+      redis.call('ZADD', dir, 0, ms[s])
+      zadd_all(pfx .. ms[s], ms, s, math.min(j, s + PAGE_MAX - 1))
+    end
+    return
+  end
   zadd_all(pk, ms, i, j)
   local n = redis.call('ZCARD', pk)
   if n <= PAGE_MAX then return end
