@@ -123,10 +123,13 @@ def main() -> None:
         else:
             overhead = f"+{per_key - base:.1f} B (+{(per_key / base - 1) * 100:.0f}%)"
         print(f"| {name} | {rate / 1e3:,.0f}k keys/s | {per_key:.1f} B | {overhead} |")
-    rate = {r[0]: r[1] for r in rows}
 
     def ratio(a: str, b: str) -> str:
-        return f"{rate[a] / rate[b]:.2f}x" if a in rate and b in rate else "(not run)"
+        """Median of the ratios of runs side by side (same minute), and each of them."""
+        if a not in rates or b not in rates:
+            return "(not run)"
+        each = [x / y for x, y in zip(rates[a], rates[b], strict=True)]
+        return f"{statistics.median(each):.2f}x ({', '.join(f'{r:.2f}' for r in each)})"
 
     print(
         "\ncluster / standalone batch put: flat index "
