@@ -106,6 +106,9 @@ class RangeIndex:
         """Commands adding ``members`` to one shard; ``at_ms``: one score per member, or one for
         all, sets their expiry, None clears it, False leaves it."""
         if self.paged:
+            # Sorted by code point = UTF-8 byte order, the order the script's page walk needs. EVAL,
+            # not EVALSHA: inside a MULTI a NOSCRIPT reply would fail this command alone while the
+            # values of the same transaction were written (an index lagging its values).
             if isinstance(at_ms, Sequence):
                 pairs = sorted(dict(zip(members, at_ms, strict=True)).items())
                 ordered = [m for m, _ in pairs]
