@@ -68,6 +68,7 @@ _BACKEND_OPTIONS: Final[dict[str, frozenset[str]]] = {
             "pipeline_batch_size",
             "range_index",
             "index_shards",
+            "index_layout",
             "config",
         }
     ),

@@ -12,9 +12,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant
 
+from tests.acceptance.redis.test_redis_paged_index import small_pages
 from tests.acceptance.stateful.test_backend_model import make_backend_machine
 from tests.ci import require_module
 from tests.conftest import FakeClock
@@ -69,9 +71,13 @@ class LongTTL:
         return getattr(self.inner, name)
 
 
-def redis_machine(url_holder: dict[str, Any], flush: Any) -> type[RuleBasedStateMachine]:
+def redis_machine(
+    url_holder: dict[str, Any], flush: Any, layout: str = "flat"
+) -> type[RuleBasedStateMachine]:
     def factory(tmp: Path, clock: FakeClock) -> Any:
-        config = RedisConfig.from_url(url_holder["url"], key_prefix="m:", pipeline_batch_size=3)
+        config = RedisConfig.from_url(
+            url_holder["url"], key_prefix="m:", pipeline_batch_size=3, index_layout=layout
+        )
         return LongTTL(RedisStateBackend(config))
 
     base = make_backend_machine(factory)
@@ -106,17 +112,29 @@ _SETTINGS = settings(
 # The servers are the suite's session-scoped ones (tests/conftest.py); each machine run flushes them.
 
 
-def test_redis_standalone_model(redis_url: str, redis_server: RedisServer) -> None:
+# The paged layout runs with pages of PAGE_MAX_SMALL members (a patched constant of the Lua
+# library), so that the machine's few dozen keys split pages, empty them and read across them.
+PAGE_MAX_SMALL = 3
+
+
+@pytest.fixture(params=["flat", "paged"])
+def layout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "paged":
+        small_pages(monkeypatch, PAGE_MAX_SMALL)
+    return str(request.param)
+
+
+def test_redis_standalone_model(redis_url: str, redis_server: RedisServer, layout: str) -> None:
     client = redis.Redis(host="127.0.0.1", port=redis_server.port)
     try:
-        machine = redis_machine({"url": redis_url}, client.flushall)
+        machine = redis_machine({"url": redis_url}, client.flushall, layout)
         machine.TestCase.settings = _SETTINGS
         machine.TestCase("runTest").runTest()
     finally:
         client.close()
 
 
-def test_redis_cluster_model(cluster_url: str, redis_cluster: RedisCluster) -> None:
+def test_redis_cluster_model(cluster_url: str, redis_cluster: RedisCluster, layout: str) -> None:
     clients = [redis.Redis(host="127.0.0.1", port=n.port) for n in redis_cluster.nodes]
 
     def flush() -> None:
@@ -124,7 +142,7 @@ def test_redis_cluster_model(cluster_url: str, redis_cluster: RedisCluster) -> N
             client.flushall()
 
     try:
-        machine = redis_machine({"url": cluster_url}, flush)
+        machine = redis_machine({"url": cluster_url}, flush, layout)
         machine.TestCase.settings = _SETTINGS
         machine.TestCase("runTest").runTest()
     finally:

@@ -168,7 +168,11 @@ class RedisStateBackend:
         self._transport.before_attempt = self._start
         shards = config.index_shards
         assert shards is not None  # resolved by RedisConfig
-        self._index = RangeIndex(config.key_prefix, shards, self._topology) if config.range_index else None
+        self._index = (
+            RangeIndex(config.key_prefix, shards, self._topology, config.index_layout)
+            if config.range_index
+            else None
+        )
         self._checked_meta = False
         # A request record must outlive every retry of its call: the worst case of one call is
         # (1 + max_retries) attempts of (slot wait + connect + write + read) plus the backoffs.
@@ -202,12 +206,16 @@ class RedisStateBackend:
     async def _check_meta(self) -> None:
         """Check that this client's index settings match the ones recorded for its key prefix.
 
-        The layout of earlier versions (one shard) is recorded by nothing, so a read-only client
-        with it writes nothing; any other layout is recorded (``SET NX``) on first use.
+        The layout of earlier versions (one flat shard) is recorded by nothing, so a read-only
+        client with it writes nothing; any other layout is recorded (``SET NX``) on first use. A
+        record without ",paged" is a flat index: a paged client must not read it (it would see an
+        empty index: ranges, exports and restores would miss every key), nor the other way round.
         """
         cfg = self.config
         legacy = RangeIndex(cfg.key_prefix, 1, self._topology)
-        ours = f"shards={cfg.index_shards}" if cfg.range_index else "off"
+        ours = "off"
+        if cfg.range_index:
+            ours = f"shards={cfg.index_shards}" + (",paged" if cfg.index_layout == "paged" else "")
         slot = self._topology.slot(legacy.meta)
         if ours == "shards=1":
             theirs = await self._topology.call(slot, ["GET", legacy.meta])
@@ -220,7 +228,7 @@ class RedisStateBackend:
             raise ConfigError(
                 f"the Redis index of key prefix {cfg.key_prefix!r} has the layout {theirs.decode()!r} and "
                 f"this client asks for {ours!r}: every client of one key prefix must use the same "
-                "range_index and index_shards"
+                "range_index, index_shards and index_layout"
             )
         self._checked_meta = True
 
@@ -277,7 +285,7 @@ class RedisStateBackend:
         if index is None or not index.together:
             return [], "0"
         shard = index.shard_of(full)
-        return [index.lex[shard], index.exp[shard]], "1"
+        return [index.root[shard], index.exp[shard]], "1"
 
     def _apart(self) -> RangeIndex | None:
         """The index, when it must be written by separate commands (another slot)."""
@@ -646,20 +654,18 @@ class RedisStateBackend:
         removed = 0
         for shard, names in index.group(members).items():
             if index.together:  # re-checked and removed atomically by a script
-                keys = [index.lex[shard], index.exp[shard], *(self._prefix + m for m in names)]
+                keys = [index.root[shard], index.exp[shard], *(self._prefix + m for m in names)]
                 removed += int(await self._eval(lua.PRUNE, keys, names))
                 continue
             # Another slot: remove, then re-add those whose key came back meanwhile.
             slot = index.slots[shard]
-            await self._topology.call(slot, ["ZREM", index.lex[shard], *names])
-            await self._topology.call(slot, ["ZREM", index.exp[shard], *names])
+            for cmd in index.remove_cmds(shard, names):
+                await self._topology.call(slot, cmd)
             back = await self._exists_many([self._prefix + m for m in names], "prune")
             revived = [m for m, alive in zip(names, back, strict=True) if alive]
             if revived:
-                zadd: list[Any] = ["ZADD", index.lex[shard]]
-                for m in revived:
-                    zadd += (0, m)
-                await self._topology.call(slot, zadd)
+                for cmd in index.add_cmds(shard, revived, False):
+                    await self._topology.call(slot, cmd)
             removed += len(names) - len(revived)
         return removed
 
@@ -668,7 +674,9 @@ class RedisStateBackend:
         for shard in range(index.shards):
             slot = index.slots[shard]
             if index.together:
-                await self._eval(lua.PRUNE_EXPIRED, [index.lex[shard], index.exp[shard]], [self._prefix, now])
+                await self._eval(
+                    lua.PRUNE_EXPIRED, [index.root[shard], index.exp[shard]], [self._prefix, now]
+                )
                 continue
             dead = [
                 m.decode()
@@ -791,7 +799,7 @@ class RedisStateBackend:
                     assert index is not None
                     by_shard = index.group(list(dict.fromkeys(keys[i] for i in chunk)))
                     for shard, members in by_shard.items():
-                        shard_keys += (index.lex[shard], index.exp[shard])
+                        shard_keys += (index.root[shard], index.exp[shard])
                         shard_args += (len(members), *members)
                 record = self._topology.record_key(data_keys[0], f"{rid}:{slot}:{n}")
                 cmd: list[Any] = ["EVAL", lua.DELETE_MANY.body, len(data_keys) + len(shard_keys) + 1]
@@ -981,7 +989,7 @@ class RedisStateBackend:
                     pos = position.get(shard, 0)
                     if not pos:
                         pos = position[shard] = 3 + n + len(shard_keys)
-                        shard_keys += (index.lex[shard], index.exp[shard])
+                        shard_keys += (index.root[shard], index.exp[shard])
                 tail += (fields[i], keys[i], values[i] if values is not None else b"", pos)
             record = topology.record_key(full[idx[0]], f"{rid}:{slot}")
             script_keys = [fence_key, counter or fence_key, *(full[i] for i in idx), *shard_keys, record]

@@ -28,6 +28,8 @@ _SCHEMES: Final = ("redis", "rediss", "redis+cluster", "rediss+cluster", "unix")
 #: over the masters of any usual cluster (each master owns a contiguous range of slots).
 DEFAULT_CLUSTER_SHARDS: Final = 16
 MAX_SHARDS: Final = 1024
+#: The range index layouts (see _index.py).
+INDEX_LAYOUTS: Final = ("flat", "paged")
 #: TOML names of seed 004's config.toml, still accepted: (option, scale to seconds).
 _TOML_ALIASES: Final = {
     "default_ttl_secs": ("default_ttl", 1.0),
@@ -104,6 +106,11 @@ class RedisConfig:
       cluster, spread over the slot ranges so that every master holds some). Every client of one
       ``key_prefix`` must agree on ``range_index`` and ``index_shards``: the first client records
       them on the server and later ones with other values are refused (ConfigError).
+    * ``index_layout``: ``"flat"`` (default: one sorted set member per key, ~126 B each) or
+      ``"paged"`` (pages of at most 120 members in small listpack-encoded sorted sets under a
+      directory of page boundaries, per shard: ~25 B per key; batch writes pay a Lua script per
+      shard and chunk). Recorded with the shards: an index created flat (every index of earlier
+      versions) stays flat, and a client asking for the other layout is refused (ConfigError).
 
     ``key_prefix`` must not start with ``{statekit-``: statekit's own keys live there (an ACL user
     needs access to ``{statekit-*`` keys: the range indexes and the request records).
@@ -130,6 +137,7 @@ class RedisConfig:
     db: int | None = None
     range_index: bool = True
     index_shards: int | None = None
+    index_layout: str = "flat"
     #: The servers of ``urls``, parsed once (not an option).
     nodes: tuple[RedisNode, ...] = field(init=False, repr=False, compare=False)
 
@@ -173,6 +181,11 @@ class RedisConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
+        if self.index_layout not in INDEX_LAYOUTS:
+            raise ConfigError(
+                f"index_layout must be one of {', '.join(map(repr, INDEX_LAYOUTS))}, "
+                f"got {self.index_layout!r}"
+            )
         if self.index_shards > MAX_SHARDS:  # type: ignore[operator]
             raise ConfigError(f"index_shards must be at most {MAX_SHARDS}, got {self.index_shards}")
         if self.min_connections > self.max_connections:
@@ -230,7 +243,8 @@ class RedisConfig:
         Keys: ``url`` or ``urls``, ``key_prefix``, ``default_ttl_secs``, ``min_connections``,
         ``max_connections``, ``connect_timeout_secs``, ``read_timeout_secs``,
         ``write_timeout_secs``, ``max_retries``, ``retry_base_delay_ms``, ``retry_max_delay_secs``,
-        ``cluster_mode``, ``tls_enabled``, ``pipeline_batch_size``, ``username``, ``password``, ``db``.
+        ``cluster_mode``, ``tls_enabled``, ``pipeline_batch_size``, ``username``, ``password``, ``db``,
+        and the other option names (``range_index``, ``index_shards``, ``index_layout``, ...).
         """
         try:
             with open(path, "rb") as fh:
@@ -293,7 +307,7 @@ def coerce_option(name: str, text: str) -> Any:
 
 
 _OPTION_KINDS: Final[dict[str, type]] = {
-    **dict.fromkeys(("key_prefix", "tls_ca_certs", "username", "password"), str),
+    **dict.fromkeys(("key_prefix", "tls_ca_certs", "username", "password", "index_layout"), str),
     **dict.fromkeys(
         ("default_ttl", "connect_timeout", "read_timeout", "write_timeout", "retry_base_delay"), float
     ),
