@@ -30,18 +30,18 @@
 //!
 //! # GIL
 //!
-//! `encode_records` appends each record while attached, in a single pass over the Python
-//! objects (reading each key and value once, while it is in cache, is what makes it fast),
-//! then computes the body CRC detached. `decode_records` checks the header, the CRC and every
+//! `encode_records` takes a reference to each key and value while attached (one pass, through
+//! [`crate::records`], the one place Python records are read), then frames them and computes
+//! the body CRC detached. `decode_records` checks the header, the CRC and every
 //! record detached ([`validate`]), then walks the records again attached to build the list of
 //! tuples (re-reading the lengths is cheaper than materialising an intermediate `Vec`).
 
-use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyList};
 
-use crate::checksum::{capacity_hint, type_name, BytesLike};
+use crate::checksum::BytesLike;
 use crate::errors::NativeError;
+use crate::records;
 
 /// First four bytes of every batch.
 pub const MAGIC: [u8; 4] = *b"SKRB";
@@ -49,8 +49,6 @@ pub const MAGIC: [u8; 4] = *b"SKRB";
 pub const VERSION: u8 = 1;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 28;
-/// Most bytes reserved up front from an estimate; past it, the batch grows as records arrive.
-pub const MAX_PREALLOC: usize = 256 << 20;
 /// Smallest possible encoded record (two lengths and the expiry flag).
 const MIN_RECORD_LEN: usize = 9;
 
@@ -140,6 +138,36 @@ pub fn put_record(out: &mut Vec<u8>, key: &[u8], value: &[u8], expires_at: Optio
     }
     out.extend_from_slice(key);
     out.extend_from_slice(value);
+}
+
+/// Writes one record into `buf` at `pos` (sized by the caller, the lengths checked); returns
+/// the end position.
+pub fn write_record(
+    buf: &mut [u8],
+    pos: usize,
+    key: &[u8],
+    value: &[u8],
+    expires_at: Option<f64>,
+) -> Result<usize, NativeError> {
+    let head = 9 + if expires_at.is_some() { 8 } else { 0 };
+    let end = pos + head + key.len() + value.len();
+    let Some(out) = buf.get_mut(pos..end) else {
+        return Err(NativeError::invalid(
+            "a record does not fit the buffer made for the batch",
+        ));
+    };
+    out[0..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
+    out[4..8].copy_from_slice(&(value.len() as u32).to_le_bytes());
+    match expires_at {
+        Some(at) => {
+            out[8] = 1;
+            out[9..17].copy_from_slice(&at.to_le_bytes());
+        }
+        None => out[8] = 0,
+    }
+    out[head..head + key.len()].copy_from_slice(key);
+    out[head + key.len()..].copy_from_slice(value);
+    Ok(end)
 }
 
 /// The header of a batch of `count` records whose body is `body_len` bytes with CRC-32 `crc`.
@@ -418,186 +446,29 @@ pub(crate) fn escape(bytes: &[u8]) -> String {
     out
 }
 
-const RECORD_SHAPE: &str = "a (key: bytes, value: bytes, expires_at: float | None) tuple";
-
-fn expiry_of(obj: &Bound<'_, PyAny>, index: usize) -> PyResult<Option<f64>> {
-    if obj.is_none() {
-        return Ok(None);
-    }
-    obj.extract::<f64>().map(Some).map_err(|_| {
-        PyTypeError::new_err(format!(
-            "record {index}: expires_at must be a float or None, got {}",
-            type_name(obj)
-        ))
-    })
-}
-
-fn bytes_field<'a, 'py>(
-    obj: &'a Bound<'py, PyAny>,
-    index: usize,
-    what: &str,
-) -> PyResult<&'a Bound<'py, PyBytes>> {
-    obj.cast::<PyBytes>().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "record {index}: {what} must be bytes, got {}",
-            type_name(obj)
-        ))
-    })
-}
-
-fn push_fields(
-    writer: &mut BatchWriter,
-    [key, value, expires_at]: [&Bound<'_, PyAny>; 3],
-    index: usize,
-) -> PyResult<()> {
-    let key = bytes_field(key, index, "key")?;
-    let value = bytes_field(value, index, "value")?;
-    let expires_at = expiry_of(expires_at, index)?;
-    Ok(writer.push(key.as_bytes(), value.as_bytes(), expires_at)?)
-}
-
-/// Appends one Python record (a 3-tuple, or a 3-item list) to `writer`.
-fn push_record(writer: &mut BatchWriter, item: &Bound<'_, PyAny>, index: usize) -> PyResult<()> {
-    let bad_shape = |what: String| {
-        PyTypeError::new_err(format!("record {index} must be {RECORD_SHAPE}, got {what}"))
-    };
-    if let Ok(tuple) = item.cast::<PyTuple>() {
-        if tuple.len() != 3 {
-            return Err(bad_shape(format!("a tuple of length {}", tuple.len())));
-        }
-        // Borrowed items: the tuple keeps them alive, no reference counting needed.
-        let (k, v, e) = (
-            tuple.get_borrowed_item(0)?,
-            tuple.get_borrowed_item(1)?,
-            tuple.get_borrowed_item(2)?,
-        );
-        push_fields(writer, [&k, &v, &e], index)
-    } else if let Ok(list) = item.cast::<PyList>() {
-        if list.len() != 3 {
-            return Err(bad_shape(format!("a list of length {}", list.len())));
-        }
-        let (k, v, e) = (list.get_item(0)?, list.get_item(1)?, list.get_item(2)?);
-        push_fields(writer, [&k, &v, &e], index)
-    } else {
-        Err(bad_shape(type_name(item)))
-    }
-}
-
 /// `encode_records(records)` -> bytes of one record batch.
 ///
-/// A list is walked by index twice: once to check every record and sum the lengths, once to
-/// write the records straight into the result (one allocation, no intermediate buffer). Any
-/// other iterable is appended record by record into a growing buffer.
+/// The records are extracted by [`records::columns_from_items`] (a reference to every key and
+/// value, one pass), then framed detached straight into the result (one allocation, no
+/// intermediate buffer), and the CRC-32 computed over it.
 #[pyfunction]
 pub fn encode_records<'py>(
     py: Python<'py>,
     records: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let not_records = || {
-        PyTypeError::new_err(format!(
-            "records must be a sequence of (key, value, expires_at) tuples, got {}",
-            type_name(records)
-        ))
-    };
-    if records.is_instance_of::<PyBytes>() || records.is_instance_of::<PyString>() {
-        return Err(not_records());
-    }
-    if let Ok(list) = records.cast::<PyList>() {
-        if let Some(encoded) = encode_tuples(py, list)? {
-            return Ok(encoded);
-        }
-    }
-    // A hint only (bounded: `__len__` can claim anything); the writer grows as needed.
-    let estimate = capacity_hint(records).saturating_mul(64).min(MAX_PREALLOC);
-    let mut writer = BatchWriter::with_capacity(estimate);
-    let iter = records.try_iter().map_err(|_| not_records())?;
-    for (index, item) in iter.enumerate() {
-        push_record(&mut writer, &item?, index)?;
-    }
-    let encoded = py.detach(|| writer.finish());
-    Ok(PyBytes::new(py, &encoded))
-}
-
-/// The list fast path of [`encode_records`]: None if an item is not a 3-tuple (the general
-/// path then reports it, or accepts a 3-item list).
-fn encode_tuples<'py>(
-    py: Python<'py>,
-    list: &Bound<'py, PyList>,
-) -> PyResult<Option<Bound<'py, PyBytes>>> {
-    // Pass 1: hold each tuple (immutable: its fields cannot change), check the fields and
-    // sum the lengths. Expiries are converted once, here (that may run Python code, which
-    // could change the list: it is read by index, its length re-read each time).
-    let mut tuples: Vec<Bound<'py, PyTuple>> = Vec::with_capacity(list.len());
-    let mut expiries: Vec<Option<f64>> = Vec::with_capacity(list.len());
-    let mut body_len: usize = 0;
-    let mut index = 0;
-    while index < list.len() {
-        let Ok(tuple) = list.get_item(index)?.cast_into::<PyTuple>() else {
-            return Ok(None);
-        };
-        if tuple.len() != 3 {
-            return Ok(None);
-        }
-        let (k, v, e) = (
-            tuple.get_borrowed_item(0)?,
-            tuple.get_borrowed_item(1)?,
-            tuple.get_borrowed_item(2)?,
-        );
-        let key = bytes_field(&k, index, "key")?.as_bytes().len();
-        let value = bytes_field(&v, index, "value")?.as_bytes().len();
-        len_u32(key, index as u64, "key")?;
-        len_u32(value, index as u64, "value")?;
-        let expiry = expiry_of(&e, index)?;
-        body_len += MIN_RECORD_LEN + if expiry.is_some() { 8 } else { 0 } + key + value;
-        tuples.push(tuple);
-        expiries.push(expiry);
-        index += 1;
-    }
-    // Pass 2: write the records in place.
-    let total = HEADER_LEN + body_len;
+    let columns = records::columns_from_items(records, records::Shape::Batch)?;
+    let body_len = py.detach(|| columns.measure(b""))?;
+    let total = usize::try_from(body_len)
+        .ok()
+        .and_then(|n| n.checked_add(HEADER_LEN))
+        .ok_or_else(|| NativeError::invalid("the record batch is too large for memory"))?;
+    // The new bytes object is not shared yet: filling it detached is safe.
     let encoded = PyBytes::new_with(py, total, |buf| {
-        let mut pos = HEADER_LEN;
-        for (tuple, expiry) in tuples.iter().zip(&expiries) {
-            // Borrowed: the tuple we hold keeps them alive, no reference counting.
-            let (k, v) = (tuple.get_borrowed_item(0)?, tuple.get_borrowed_item(1)?);
-            let (key, value) = (k.cast::<PyBytes>()?, v.cast::<PyBytes>()?);
-            pos = write_record(buf, pos, key.as_bytes(), value.as_bytes(), *expiry)?;
-        }
-        let (header, body) = buf.split_at_mut(HEADER_LEN);
-        let crc = crc32fast::hash(body);
-        header.copy_from_slice(&batch_header(tuples.len() as u64, body_len as u64, crc));
-        Ok(())
+        Ok(py.detach(|| columns.encode_into(buf, body_len))?)
     })?;
-    Ok(Some(encoded))
-}
-
-/// Writes one record into `buf` at `pos` (sized by the caller); returns the end position.
-fn write_record(
-    buf: &mut [u8],
-    pos: usize,
-    key: &[u8],
-    value: &[u8],
-    expires_at: Option<f64>,
-) -> Result<usize, NativeError> {
-    let head = 9 + if expires_at.is_some() { 8 } else { 0 };
-    let end = pos + head + key.len() + value.len();
-    let Some(out) = buf.get_mut(pos..end) else {
-        return Err(NativeError::invalid(
-            "encode_records: a record changed size while encoding",
-        ));
-    };
-    out[0..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
-    out[4..8].copy_from_slice(&(value.len() as u32).to_le_bytes());
-    match expires_at {
-        Some(at) => {
-            out[8] = 1;
-            out[9..17].copy_from_slice(&at.to_le_bytes());
-        }
-        None => out[8] = 0,
-    }
-    out[head..head + key.len()].copy_from_slice(key);
-    out[head + key.len()..].copy_from_slice(value);
-    Ok(end)
+    // The references to the keys and values are released here, attached.
+    drop(columns);
+    Ok(encoded)
 }
 
 /// `decode_records(data)` -> list of `(key, value, expires_at)` tuples.

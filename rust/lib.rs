@@ -7,8 +7,9 @@
 //! * [`resp`]: RESP pipelines and Redis Cluster slots (`encode_commands`, `hash_slot`, `hash_slots`)
 //! * [`checksum`]: SHA-256 of buffers and files (`sha256`, `sha256_file`, `Sha256Hasher`)
 //! * [`runs`]: run watermarks (`last_contiguous_run`, `max_attempted_run`, `run_gaps`)
-//! * [`records`]: Python records as three columns, framed on the fly for snapshots
-//! * [`snapshot`]: checkpoint files (`snapshot_write`, `snapshot_read`, `snapshot_load`, `snapshot_verify`,
+//! * [`records`]: the one place Python records become records (three columns), for
+//!   `encode_records` and `snapshot_write` alike; framed on the fly for snapshots
+//! * [`snapshot`] (`format`, `write`, `read`, `py`): checkpoint files (`snapshot_write`, `snapshot_read`, `snapshot_load`, `snapshot_verify`,
 //!   `snapshot_info`)
 //! * [`errors`]: the `NativeError` type and its mapping to Python exceptions
 

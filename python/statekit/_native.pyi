@@ -9,7 +9,7 @@ the path.
 
 import os
 from collections.abc import Iterable
-from typing import Protocol, final, type_check_only
+from typing import final
 
 from typing_extensions import Buffer
 
@@ -133,15 +133,6 @@ class Sha256Hasher:
 
 # --- snapshot ------------------------------------------------------------------------------
 
-@type_check_only
-class _Columns(Protocol):
-    @property
-    def keys(self) -> list[str] | list[bytes]: ...
-    @property
-    def values(self) -> list[bytes]: ...
-    @property
-    def expires_at(self) -> list[float | None] | None: ...
-
 @final
 class SnapshotInfo:
     """What a snapshot file's header says, plus the file's size. Read-only."""
@@ -176,7 +167,8 @@ class SnapshotInfo:
 
 def snapshot_write(
     path: str | os.PathLike[str],
-    records: Iterable[tuple[str | bytes, bytes, float | None]] | _Columns,
+    records: Iterable[tuple[str | bytes, bytes, float | None]]
+    | tuple[list[str] | list[bytes], list[bytes], list[float | None] | None],
     *,
     compress: bool = True,
     level: int | None = None,
@@ -188,9 +180,10 @@ def snapshot_write(
     """Write a snapshot file of ``(key, value, expires_at)`` records, atomically and durably.
 
     Keys are ``str`` (stored as UTF-8) or ``bytes``; ``expires_at`` is absolute unix seconds or
-    ``None``. ``records`` may also be column-wise: an object (not a list or tuple) whose
-    ``keys`` and ``values`` attributes are lists and whose ``expires_at`` is a list or ``None``,
-    such as ``statekit.backends.base.ItemColumns``; it is then read by index, without tuples.
+    ``None``. ``records`` may also be column-wise: a ``(keys, values, expires_at)`` tuple of
+    three lists (``expires_at`` may be ``None`` when nothing expires), such as an
+    ``ItemColumns``' three attributes; they are then read by index, without tuples. A tuple
+    of three items whose first item is a list is taken as columns.
 
     ``prefix`` is recorded in the header (every key must start with it); ``signing_key``
     (at least 16 bytes) adds an HMAC-SHA256 tag that readers given the same key require.
@@ -219,10 +212,11 @@ def snapshot_write(
     replaces ``path``; a file that does not verify raises ``CorruptData`` and is removed.
 
     Raises:
-        TypeError: a record is not a 3-tuple of ``str | bytes``, ``bytes``, ``float | None``.
-        ValueError: ``level`` out of range, ``created_at`` not a unix time from 1970 to 9999, a
-            key or value of 4 GiB or more, a key outside ``prefix``, a prefix over 4096 bytes,
-            or a ``signing_key`` shorter than 16 bytes.
+        TypeError: a record is not a 3-tuple of ``str | bytes``, ``bytes``, ``float | None``
+            (or a column is not a list).
+        ValueError: the columns differ in length, ``level`` out of range, ``created_at`` not a
+            unix time from 1970 to 9999, a key or value of 4 GiB or more, a key outside
+            ``prefix``, a prefix over 4096 bytes, or a ``signing_key`` shorter than 16 bytes.
         OSError: the file cannot be written (``.filename`` is the path).
         statekit.errors.CorruptData: with ``verify``, the file read back does not verify.
     """

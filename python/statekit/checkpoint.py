@@ -614,10 +614,14 @@ class CheckpointCoordinator:
         try:
             await asyncio.to_thread(self.checkpoint_dir.mkdir, parents=True, exist_ok=True)
             items = await self._backend.export_items(self._prefix)
+            # Columns go over as three explicit lists, read by index; other items as tuples.
+            records = (
+                (items.keys, items.values, items.expires_at) if isinstance(items, ItemColumns) else items
+            )
             info = await asyncio.to_thread(
                 _native.snapshot_write,
                 path,
-                items,
+                records,
                 compress=options.compress,
                 level=options.compression_level,
                 created_at=micros / 1_000_000,
@@ -627,7 +631,7 @@ class CheckpointCoordinator:
                 # (and be signed) as written.
                 verify=True,
             )
-            del items
+            del items, records
         except (OSError, StateError, ValueError, TypeError) as exc:
             self._failures += 1
             if isinstance(exc, CorruptData):
