@@ -81,10 +81,10 @@ File format (``statekit._native.snapshot_write``; version 2, little-endian): an 
 0: signed), extension length u32, created-at f64 unix seconds, entry count u64, uncompressed
 size u64, payload size u64, SHA-256 of the payload, header bytes 0..48 and the extension), an
 extension (the key prefix, and the HMAC-SHA256 tag when signed), then the payload: the record
-batch of ``statekit._native.encode_records`` (``(key, value, expires_at)`` records with a
-CRC-32), as is or as one zstd frame. The id is the file name; timestamp, entry count, size,
-version, prefix and checksum are all in the header, so there is no sidecar file to keep in
-step. Version-1 files (no extension) are still read.
+batch (``(key, value, expires_at)`` records with a CRC-32; the layout is in
+``statekit._native.snapshot_write``), as is or as one zstd frame. The id is the file name;
+timestamp, entry count, size, version, prefix and checksum are all in the header, so there is
+no sidecar file to keep in step. Version-1 files (no extension) are still read.
 
 Only regular files named exactly ``ckpt-<valid UTC time>.ckpt`` are checkpoints: symlinks,
 FIFOs, directories and names with an impossible date are ignored by restores and retention and

@@ -124,7 +124,7 @@ pub fn snapshot_write(
         prefix,
         signing_key: signing_key_of(signing_key)?,
     };
-    let columns = records::columns_from_py(records, records::Shape::Snapshot)?;
+    let columns = records::columns_from_py(records)?;
     let header = py.detach(|| {
         check_options(&options)?;
         let prepared = columns.prepare(options.prefix.as_bytes())?;
