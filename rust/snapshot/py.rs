@@ -13,7 +13,7 @@ use super::read::{
     check_file, in_file, read_file_unchecked_crc, read_header, scan_file, verify_file, Decoded,
     Rules,
 };
-use super::write::{check_options, write_framed, Options};
+use super::write::{check_options, stage, Options};
 use crate::errors::NativeError;
 use crate::framing;
 use crate::records;
@@ -124,13 +124,24 @@ pub fn snapshot_write(
         prefix,
         signing_key: signing_key_of(signing_key)?,
     };
-    let columns = records::columns_from_py(records)?;
+    let mut columns = Some(records::columns_from_py(records)?);
     let header = py.detach(|| {
         check_options(&options)?;
-        let prepared = columns.prepare(options.prefix.as_bytes())?;
-        write_framed(&path, &prepared, &options, verify)
+        let staged = match &columns {
+            Some(c) => stage(&path, &c.prepare(options.prefix.as_bytes())?, &options)?,
+            None => return Err(NativeError::invalid("the records were already released")),
+        };
+        // Every record is on its way to disk: the references to the keys and values are
+        // released on another thread (attached) while this one fsyncs and verifies.
+        let releasing = columns.take();
+        std::thread::scope(|s| {
+            let released = s.spawn(move || Python::attach(|_| drop(releasing)));
+            let committed = staged.commit(&options, verify);
+            let _ = released.join();
+            committed
+        })
     });
-    // The references to the keys and values are released here, attached.
+    // After a failure before the payload was written, they are released here, attached.
     drop(columns);
     Ok(PySnapshotInfo::from(&header?))
 }

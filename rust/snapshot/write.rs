@@ -358,59 +358,107 @@ pub fn write_framed(
     options: &Options<'_>,
     verify: bool,
 ) -> Result<Header, NativeError> {
-    let tmp = temp_path(path)?;
-    let written = (|| -> Result<Header, WriteError> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(WriteError::Io)?;
-        let header = write_payload(&mut file, framed, options)?;
-        if verify {
-            let (synced, verified) = std::thread::scope(|s| {
-                let syncing = s.spawn(|| file.sync_all());
-                let verified = verify_file(&tmp, false, options.signing_key);
-                (syncing.join(), verified)
-            });
-            synced
-                .map_err(|_| WriteError::Io(io::Error::other("the fsync thread panicked")))?
-                .map_err(WriteError::Io)?;
-            let read_back = verified.map_err(WriteError::Encode)?;
-            if read_back != header {
-                return Err(WriteError::Encode(NativeError::corrupt(format!(
-                    "the file written to {} reads back with another header (checksum {}, expected {})",
-                    tmp.display(),
-                    read_back.checksum(),
-                    header.checksum()
-                ))));
-            }
-        } else {
-            file.sync_all().map_err(WriteError::Io)?;
+    stage(path, framed, options)?.commit(options, verify)
+}
+
+/// A snapshot written to its temporary file, not yet durable nor in place: the first half of
+/// [`write_framed`], after which the records are no longer needed.
+pub struct Staged<'p> {
+    path: &'p Path,
+    tmp: PathBuf,
+    file: File,
+    header: Header,
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> NativeError + '_ {
+    move |source| NativeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl WriteError {
+    fn at(self, path: &Path) -> NativeError {
+        match self {
+            Self::Encode(e) => e,
+            Self::Io(source) => io_at(path)(source),
         }
-        drop(file);
-        fs::rename(&tmp, path).map_err(WriteError::Io)?;
-        Ok(header)
-    })();
-    let header = match written {
-        Ok(header) => header,
+    }
+}
+
+/// Writes the header and the payload of `framed` to a new temporary file next to `path`
+/// (removed on failure).
+pub fn stage<'p>(
+    path: &'p Path,
+    framed: &dyn Framed,
+    options: &Options<'_>,
+) -> Result<Staged<'p>, NativeError> {
+    let tmp = temp_path(path)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(io_at(path))?;
+    match write_payload(&mut file, framed, options) {
+        Ok(header) => Ok(Staged {
+            path,
+            tmp,
+            file,
+            header,
+        }),
         Err(err) => {
+            drop(file);
             // Best effort: the write already failed and that error is the one to report.
             let _ = fs::remove_file(&tmp);
-            return Err(match err {
-                WriteError::Encode(e) => e,
-                WriteError::Io(source) => NativeError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                },
-            });
+            Err(err.at(path))
         }
-    };
-    let dir = parent_dir(path);
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| NativeError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-    Ok(header)
+    }
+}
+
+impl Staged<'_> {
+    /// Fsyncs the temporary file (verifying it meanwhile with `verify`), renames it over the
+    /// target and fsyncs the directory; on failure the temporary file is removed.
+    pub fn commit(self, options: &Options<'_>, verify: bool) -> Result<Header, NativeError> {
+        let Self {
+            path,
+            tmp,
+            file,
+            header,
+        } = self;
+        let done = (|| -> Result<(), WriteError> {
+            if verify {
+                let (synced, verified) = std::thread::scope(|s| {
+                    let syncing = s.spawn(|| file.sync_all());
+                    let verified = verify_file(&tmp, false, options.signing_key);
+                    (syncing.join(), verified)
+                });
+                synced
+                    .map_err(|_| WriteError::Io(io::Error::other("the fsync thread panicked")))?
+                    .map_err(WriteError::Io)?;
+                let read_back = verified.map_err(WriteError::Encode)?;
+                if read_back != header {
+                    return Err(WriteError::Encode(NativeError::corrupt(format!(
+                        "the file written to {} reads back with another header (checksum {}, expected {})",
+                        tmp.display(),
+                        read_back.checksum(),
+                        header.checksum()
+                    ))));
+                }
+            } else {
+                file.sync_all().map_err(WriteError::Io)?;
+            }
+            drop(file);
+            fs::rename(&tmp, path).map_err(WriteError::Io)
+        })();
+        if let Err(err) = done {
+            // Best effort: the write already failed and that error is the one to report.
+            let _ = fs::remove_file(&tmp);
+            return Err(err.at(path));
+        }
+        let dir = parent_dir(path);
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_at(dir))?;
+        Ok(header)
+    }
 }

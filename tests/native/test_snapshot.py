@@ -500,3 +500,23 @@ def test_forged_headers_only_ever_raise_corrupt_data(
     ):
         with contextlib.suppress(CorruptData):
             check()
+
+
+@pytest.mark.parametrize("as_columns", [False, True])
+def test_write_releases_every_reference_it_took(tmp_path: Path, as_columns: bool) -> None:
+    # The references are dropped on another thread while the file is fsynced; none may leak,
+    # whether the write succeeds or fails before (a missing directory) or after staging.
+    value = b"v" * 100
+    keys = [f"k{i}" for i in range(5000)]
+    values = [value] * len(keys)
+    records: object = (
+        (keys, values, None) if as_columns else list(zip(keys, values, [None] * len(keys), strict=True))
+    )
+    before = sys.getrefcount(value)
+    _native.snapshot_write(tmp_path / "ok.ckpt", records, verify=True)  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError):
+        _native.snapshot_write(tmp_path / "missing" / "x.ckpt", records)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="prefix"):
+        _native.snapshot_write(tmp_path / "p.ckpt", records, prefix="zz")  # type: ignore[arg-type]
+    assert sys.getrefcount(value) == before
+    assert _native.snapshot_verify(tmp_path / "ok.ckpt").entry_count == len(keys)
