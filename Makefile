@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BUILT := $(VENV)/.statekit-built
-RUST_SOURCES := $(wildcard rust/*.rs) Cargo.toml Cargo.lock
+RUST_SOURCES := $(shell find rust -name '*.rs') Cargo.toml Cargo.lock
 PY_META := pyproject.toml
 STREAM_ARGS ?=
 

@@ -100,10 +100,9 @@ impl<K: AsRef<[u8]> + Sync, V: AsRef<[u8]> + Sync> Columns<K, V> {
         hasher
     }
 
-    /// Checks every record (key and value under 4 GiB, key under `prefix`), computes the
-    /// body length and its CRC-32 (two threads, each framing half the records into a small
-    /// reused buffer), and returns the columns ready to frame.
-    pub fn prepare(&self, prefix: &[u8]) -> Result<Prepared<'_, K, V>, NativeError> {
+    /// Checks every record (key and value under 4 GiB, key under `prefix`) and returns the
+    /// length of the framed body.
+    pub fn measure(&self, prefix: &[u8]) -> Result<u64, NativeError> {
         let n = self.len();
         let mut body_len: u64 = 0;
         for index in 0..n {
@@ -126,6 +125,15 @@ impl<K: AsRef<[u8]> + Sync, V: AsRef<[u8]> + Sync> Columns<K, V> {
             let expiry = if self.expiry(index).is_some() { 8 } else { 0 };
             body_len += (9 + expiry + key.len() + value.len()) as u64;
         }
+        Ok(body_len)
+    }
+
+    /// Checks every record like [`Self::measure`], computes the body's CRC-32 (two threads,
+    /// each framing half the records into a small reused buffer), and returns the columns
+    /// ready to frame.
+    pub fn prepare(&self, prefix: &[u8]) -> Result<Prepared<'_, K, V>, NativeError> {
+        let n = self.len();
+        let body_len = self.measure(prefix)?;
         let mid = n / 2;
         let crc = if n < 4096 {
             self.crc_of(0, n)
@@ -228,6 +236,44 @@ fn expiry_of(expiry: &Bound<'_, PyAny>, index: usize) -> PyResult<Option<f64>> {
     })
 }
 
+/// Extracts Python records into columns: [`columns_from_lists`] for a `(keys, values,
+/// expires_at)` tuple of lists, else [`columns_from_items`].
+///
+/// The column form is told apart by types alone: a tuple of three items whose first item is
+/// a list (a record is a tuple, never a list).
+pub fn columns_from_py(records: &Bound<'_, PyAny>) -> PyResult<PyColumns> {
+    if let Ok(tuple) = records.cast::<PyTuple>() {
+        if tuple.len() == 3 {
+            if let Ok(keys) = tuple.get_item(0)?.cast_into::<PyList>() {
+                return columns_from_tuple(&keys, tuple);
+            }
+        }
+    }
+    columns_from_items(records)
+}
+
+/// The `(keys, values, expires_at)` form of [`columns_from_py`], `keys` already a list.
+fn columns_from_tuple(keys: &Bound<'_, PyList>, tuple: &Bound<'_, PyTuple>) -> PyResult<PyColumns> {
+    let values = tuple.get_item(1)?;
+    let Ok(values) = values.cast::<PyList>() else {
+        return Err(PyTypeError::new_err(format!(
+            "records as columns: values must be a list, got {}",
+            type_name(&values)
+        )));
+    };
+    let expires = tuple.get_item(2)?;
+    if expires.is_none() {
+        return columns_from_lists(keys, values, None);
+    }
+    match expires.cast::<PyList>() {
+        Ok(expires) => columns_from_lists(keys, values, Some(expires)),
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "records as columns: expires_at must be a list or None, got {}",
+            type_name(&expires)
+        ))),
+    }
+}
+
 /// Extracts three explicit lists (keys, values, expiries or None) into columns.
 ///
 /// Walks them by index, re-checking the lengths at each step: converting an expiry (a float
@@ -307,7 +353,7 @@ fn push_tuple(
     Ok(())
 }
 
-/// Extracts a list or iterable of `(key, value, expires_at)` tuples into columns.
+/// Extracts a list or iterable of `(key, value, expires_at)` records into columns.
 pub fn columns_from_items(records: &Bound<'_, PyAny>) -> PyResult<PyColumns> {
     if records.is_instance_of::<PyBytes>() || records.is_instance_of::<PyString>() {
         return Err(PyTypeError::new_err(format!(
@@ -322,6 +368,10 @@ pub fn columns_from_items(records: &Bound<'_, PyAny>) -> PyResult<PyColumns> {
     };
     let mut expiries = Vec::new();
     if let Ok(list) = records.cast::<PyList>() {
+        // A list's length is real (unlike an iterable's `__len__`): reserve it.
+        out.keys.reserve_exact(list.len());
+        out.values.reserve_exact(list.len());
+        expiries.reserve_exact(list.len());
         let mut index = 0;
         // By index, re-reading the length: converting an expiry could change the list.
         while index < list.len() {

@@ -1,7 +1,8 @@
 """The Rust core of statekit (``statekit._native``).
 
-Record-batch framing, RESP pipeline encoding and Redis Cluster slots, SHA-256 of buffers and
-files, checkpoint snapshot files, and run watermarks. Heavy work runs with the GIL released.
+RESP pipeline encoding and Redis Cluster slots, incremental SHA-256, checkpoint snapshot files
+(whose payload is a checksummed record batch), and run watermarks. Heavy work runs with the
+GIL released.
 Corrupt input raises :class:`statekit.errors.CorruptData`; bad arguments raise ``TypeError`` /
 ``ValueError``; file errors raise ``OSError`` subclasses (``FileNotFoundError``, ...) carrying
 the path.
@@ -9,7 +10,7 @@ the path.
 
 import os
 from collections.abc import Iterable
-from typing import Protocol, final, type_check_only
+from typing import final
 
 from typing_extensions import Buffer
 
@@ -17,16 +18,12 @@ __all__ = [
     "Sha256Hasher",
     "SnapshotInfo",
     "__version__",
-    "decode_records",
     "encode_commands",
-    "encode_records",
     "hash_slot",
     "hash_slots",
     "last_contiguous_run",
     "max_attempted_run",
     "run_gaps",
-    "sha256",
-    "sha256_file",
     "snapshot_info",
     "snapshot_load",
     "snapshot_read",
@@ -35,30 +32,6 @@ __all__ = [
 ]
 
 __version__: str
-
-# --- framing -------------------------------------------------------------------------------
-
-def encode_records(records: Iterable[tuple[bytes, bytes, float | None]]) -> bytes:
-    """Encode ``(key, value, expires_at)`` records into one checksummed record batch.
-
-    ``expires_at`` is an absolute unix time (seconds) or ``None``. Records may also be given
-    as 3-item lists. Layout (little-endian): a 28-byte header (magic ``b"SKRB"``, version 1,
-    flags 0, reserved u16 0, record count u64, body length u64, CRC-32 of the body u32), then
-    per record ``key_len u32, value_len u32, has_expiry u8, [expires_at f64], key, value``.
-
-    Raises:
-        TypeError: a record is not a 3-tuple of ``bytes``, ``bytes``, ``float | None``.
-        ValueError: a key or value is 4 GiB or larger.
-    """
-
-def decode_records(data: Buffer) -> list[tuple[bytes, bytes, float | None]]:
-    """Decode a batch made by :func:`encode_records` (from ``bytes``, ``bytearray``, ``memoryview``...).
-
-    Raises:
-        statekit.errors.CorruptData: wrong magic, unknown version, non-zero flags, truncated
-            header or body, trailing bytes, checksum mismatch or record count mismatch.
-        TypeError: ``data`` is not bytes-like.
-    """
 
 # --- RESP ----------------------------------------------------------------------------------
 
@@ -94,21 +67,6 @@ def hash_slots(keys: Iterable[bytes | str]) -> list[int]:
 
 # --- checksum ------------------------------------------------------------------------------
 
-def sha256(data: Buffer) -> str:
-    """Lowercase hex SHA-256 of a bytes-like object; equals ``hashlib.sha256(data).hexdigest()``.
-
-    Raises:
-        TypeError: ``data`` is not bytes-like.
-    """
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Lowercase hex SHA-256 of a file's contents, read in 1 MiB chunks with the GIL released.
-
-    Raises:
-        FileNotFoundError: the file does not exist (``.filename`` is the path).
-        OSError: any other error opening or reading the file.
-    """
-
 @final
 class Sha256Hasher:
     """Incremental SHA-256: feed chunks with :meth:`update`, read :meth:`hexdigest` at the end.
@@ -132,15 +90,6 @@ class Sha256Hasher:
         """
 
 # --- snapshot ------------------------------------------------------------------------------
-
-@type_check_only
-class _Columns(Protocol):
-    @property
-    def keys(self) -> list[str] | list[bytes]: ...
-    @property
-    def values(self) -> list[bytes]: ...
-    @property
-    def expires_at(self) -> list[float | None] | None: ...
 
 @final
 class SnapshotInfo:
@@ -176,7 +125,8 @@ class SnapshotInfo:
 
 def snapshot_write(
     path: str | os.PathLike[str],
-    records: Iterable[tuple[str | bytes, bytes, float | None]] | _Columns,
+    records: Iterable[tuple[str | bytes, bytes, float | None]]
+    | tuple[list[str] | list[bytes], list[bytes], list[float | None] | None],
     *,
     compress: bool = True,
     level: int | None = None,
@@ -188,9 +138,10 @@ def snapshot_write(
     """Write a snapshot file of ``(key, value, expires_at)`` records, atomically and durably.
 
     Keys are ``str`` (stored as UTF-8) or ``bytes``; ``expires_at`` is absolute unix seconds or
-    ``None``. ``records`` may also be column-wise: an object (not a list or tuple) whose
-    ``keys`` and ``values`` attributes are lists and whose ``expires_at`` is a list or ``None``,
-    such as ``statekit.backends.base.ItemColumns``; it is then read by index, without tuples.
+    ``None``. ``records`` may also be column-wise: a ``(keys, values, expires_at)`` tuple of
+    three lists (``expires_at`` may be ``None`` when nothing expires), such as an
+    ``ItemColumns``' three attributes; they are then read by index, without tuples. A tuple
+    of three items whose first item is a list is taken as columns.
 
     ``prefix`` is recorded in the header (every key must start with it); ``signing_key``
     (at least 16 bytes) adds an HMAC-SHA256 tag that readers given the same key require.
@@ -201,10 +152,12 @@ def snapshot_write(
     u64, SHA-256 of the payload then header bytes 0..48 then the extension -- then the
     extension (prefix length u16, the prefix in UTF-8, and the 32-byte tag when signed:
     ``HMAC-SHA256(key, b"statekit-snapshot-v2\0" + header[0:48] + extension[:2 + len(prefix)]
-    + sha256(payload))``), then the payload: the :func:`encode_records` batch of the records,
-    zstd-compressed when ``compress``. ``level`` is the zstd level (1..22); ``None`` picks level
-    1, or zstd's fast mode (level -5) when level 1 shrinks a 1 MiB sample by less than a
-    quarter (it is then twice as fast and no bigger).
+    + sha256(payload))``), then the payload: the records as one batch, zstd-compressed when
+    ``compress`` (a 28-byte header: magic ``b"SKRB"``, version 1, flags 0, reserved u16 0,
+    record count u64, body length u64, CRC-32 of the body u32; then per record ``key_len u32,
+    value_len u32, has_expiry u8, [expires_at f64], key, value``). ``level`` is the zstd
+    level (1..22); ``None`` picks level 1, or zstd's fast mode (level -20) when level 1 shrinks
+    a 1 MiB sample by less than a quarter (it is then faster, for about 3% more bytes).
 
     The SHA-256 detects accidents only (anyone who can write the file can recompute it); the
     HMAC detects tampering by anyone who does not hold the key.
@@ -219,10 +172,11 @@ def snapshot_write(
     replaces ``path``; a file that does not verify raises ``CorruptData`` and is removed.
 
     Raises:
-        TypeError: a record is not a 3-tuple of ``str | bytes``, ``bytes``, ``float | None``.
-        ValueError: ``level`` out of range, ``created_at`` not a unix time from 1970 to 9999, a
-            key or value of 4 GiB or more, a key outside ``prefix``, a prefix over 4096 bytes,
-            or a ``signing_key`` shorter than 16 bytes.
+        TypeError: a record is not a 3-tuple of ``str | bytes``, ``bytes``, ``float | None``
+            (or a column is not a list).
+        ValueError: the columns differ in length, ``level`` out of range, ``created_at`` not a
+            unix time from 1970 to 9999, a key or value of 4 GiB or more, a key outside
+            ``prefix``, a prefix over 4096 bytes, or a ``signing_key`` shorter than 16 bytes.
         OSError: the file cannot be written (``.filename`` is the path).
         statekit.errors.CorruptData: with ``verify``, the file read back does not verify.
     """

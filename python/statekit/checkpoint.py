@@ -81,10 +81,10 @@ File format (``statekit._native.snapshot_write``; version 2, little-endian): an 
 0: signed), extension length u32, created-at f64 unix seconds, entry count u64, uncompressed
 size u64, payload size u64, SHA-256 of the payload, header bytes 0..48 and the extension), an
 extension (the key prefix, and the HMAC-SHA256 tag when signed), then the payload: the record
-batch of ``statekit._native.encode_records`` (``(key, value, expires_at)`` records with a
-CRC-32), as is or as one zstd frame. The id is the file name; timestamp, entry count, size,
-version, prefix and checksum are all in the header, so there is no sidecar file to keep in
-step. Version-1 files (no extension) are still read.
+batch (``(key, value, expires_at)`` records with a CRC-32; the layout is in
+``statekit._native.snapshot_write``), as is or as one zstd frame. The id is the file name;
+timestamp, entry count, size, version, prefix and checksum are all in the header, so there is
+no sidecar file to keep in step. Version-1 files (no extension) are still read.
 
 Only regular files named exactly ``ckpt-<valid UTC time>.ckpt`` are checkpoints: symlinks,
 FIFOs, directories and names with an impossible date are ignored by restores and retention and
@@ -614,10 +614,14 @@ class CheckpointCoordinator:
         try:
             await asyncio.to_thread(self.checkpoint_dir.mkdir, parents=True, exist_ok=True)
             items = await self._backend.export_items(self._prefix)
+            # Columns go over as three explicit lists, read by index; other items as tuples.
+            records = (
+                (items.keys, items.values, items.expires_at) if isinstance(items, ItemColumns) else items
+            )
             info = await asyncio.to_thread(
                 _native.snapshot_write,
                 path,
-                items,
+                records,
                 compress=options.compress,
                 level=options.compression_level,
                 created_at=micros / 1_000_000,
@@ -627,7 +631,7 @@ class CheckpointCoordinator:
                 # (and be signed) as written.
                 verify=True,
             )
-            del items
+            del items, records
         except (OSError, StateError, ValueError, TypeError) as exc:
             self._failures += 1
             if isinstance(exc, CorruptData):

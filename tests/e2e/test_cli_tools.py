@@ -340,3 +340,26 @@ def test_runs_show_and_set(tmp_path: Path) -> None:
     failed(statekit("runs", "set", state_file))
     failed(statekit("runs", "set", state_file, "--last-contiguous", "-1"))
     assert json.loads(state_file.read_text())["last_contiguous_run"] == 100
+
+
+def test_runs_gaps_lists_the_missing_runs(tmp_path: Path) -> None:
+    state_file = tmp_path / "state.json"
+    done = tmp_path / "done.txt"
+    assert ok(statekit("runs", "gaps", state_file, done)).stdout == ""  # no state: nothing missing
+    ok(statekit("runs", "set", state_file, "--last-contiguous", "100", "--last-attempted", "110"))
+    done.write_text("\n".join(map(str, [101, 103, 104, 106, 107, 108, 110, 99, 250])) + "\n")
+    shown = ok(statekit("runs", "gaps", state_file, done))
+    assert shown.stdout.split() == ["102", "105", "109"]
+    assert "3 runs missing after last_contiguous_run=100 up to last_attempted_run=110" in shown.stderr
+    limited = json.loads(ok(statekit("runs", "gaps", state_file, done, "--limit", "2", "--json")).stdout)
+    assert limited == {
+        "last_contiguous_run": 100,
+        "last_attempted_run": 110,
+        "missing": 3,
+        "runs": [102, 105],
+    }
+    assert "2 shown" in ok(statekit("runs", "gaps", state_file, done, "--limit", "2")).stderr
+    # A window too wide to list is an error naming the limit, not a traceback.
+    ok(statekit("runs", "set", state_file, "--last-attempted", str(100 + 2 * 10**9)))
+    assert "too large" in failed(statekit("runs", "gaps", state_file, done)).stderr
+    failed(statekit("runs", "gaps", state_file, done, "--limit", "-1"))

@@ -97,25 +97,34 @@ def test_checksum_is_sha256_of_payload_then_header_then_extension(tmp_path: Path
 
 def test_columns_are_read_by_index(tmp_path: Path) -> None:
     columns = ItemColumns(["a", "b", "c"], [b"1", b"2", b"3"], [None, 5.0, None])
-    _native.snapshot_write(tmp_path / "a.ckpt", columns)
+    _native.snapshot_write(tmp_path / "a.ckpt", (columns.keys, columns.values, columns.expires_at))
     _native.snapshot_write(tmp_path / "b.ckpt", list(columns))
+    # An ItemColumns itself is a sequence of tuples: iterated, not read by attribute.
+    _native.snapshot_write(tmp_path / "c.ckpt", columns)
     assert _read_items(tmp_path / "a.ckpt") == list(columns)
     # Same records, same payload, whichever way they were handed over.
     assert (tmp_path / "a.ckpt").read_bytes()[82:] == (tmp_path / "b.ckpt").read_bytes()[82:]
-    _native.snapshot_write(tmp_path / "n.ckpt", ItemColumns(["x"], [b"y"]))
+    assert (tmp_path / "a.ckpt").read_bytes()[82:] == (tmp_path / "c.ckpt").read_bytes()[82:]
+    _native.snapshot_write(tmp_path / "n.ckpt", (["x"], [b"y"], None))
     _, keys, values, expires = _native.snapshot_read(tmp_path / "n.ckpt")
     assert (keys, values, expires) == (["x"], [b"y"], None)
 
 
-def test_mismatched_columns_are_rejected(tmp_path: Path) -> None:
-    class Columns:
-        def __init__(self) -> None:
-            self.keys = ["a", "b"]
-            self.values = [b"1"]
-            self.expires_at = None
+def test_a_tuple_of_records_is_not_taken_for_columns(tmp_path: Path) -> None:
+    records = (("a", b"1", None), ("b", b"2", 5.0), ("c", b"3", None))
+    _native.snapshot_write(tmp_path / "t.ckpt", records)
+    assert _read_items(tmp_path / "t.ckpt") == list(records)
 
+
+def test_mismatched_columns_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="2 keys but 1 values"):
-        _native.snapshot_write(tmp_path / "x.ckpt", Columns())  # type: ignore[arg-type]
+        _native.snapshot_write(tmp_path / "x.ckpt", (["a", "b"], [b"1"], None))
+    with pytest.raises(ValueError, match="2 keys but 3 expiries"):
+        _native.snapshot_write(tmp_path / "x.ckpt", (["a", "b"], [b"1", b"2"], [None, None, 1.0]))
+    with pytest.raises(TypeError, match="values must be a list"):
+        _native.snapshot_write(tmp_path / "x.ckpt", (["a"], (b"1",), None))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="expires_at must be a list or None"):
+        _native.snapshot_write(tmp_path / "x.ckpt", (["a"], [b"1"], (None,)))  # type: ignore[arg-type]
     assert not (tmp_path / "x.ckpt").exists()
 
 
@@ -491,3 +500,23 @@ def test_forged_headers_only_ever_raise_corrupt_data(
     ):
         with contextlib.suppress(CorruptData):
             check()
+
+
+@pytest.mark.parametrize("as_columns", [False, True])
+def test_write_releases_every_reference_it_took(tmp_path: Path, as_columns: bool) -> None:
+    # The references are dropped on another thread while the file is fsynced; none may leak,
+    # whether the write succeeds or fails before (a missing directory) or after staging.
+    value = b"v" * 100
+    keys = [f"k{i}" for i in range(5000)]
+    values = [value] * len(keys)
+    records: object = (
+        (keys, values, None) if as_columns else list(zip(keys, values, [None] * len(keys), strict=True))
+    )
+    before = sys.getrefcount(value)
+    _native.snapshot_write(tmp_path / "ok.ckpt", records, verify=True)  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError):
+        _native.snapshot_write(tmp_path / "missing" / "x.ckpt", records)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="prefix"):
+        _native.snapshot_write(tmp_path / "p.ckpt", records, prefix="zz")  # type: ignore[arg-type]
+    assert sys.getrefcount(value) == before
+    assert _native.snapshot_verify(tmp_path / "ok.ckpt").entry_count == len(keys)

@@ -55,11 +55,11 @@ def as_mapping(items: list[Item]) -> tuple[dict[str, bytes], dict[str, float] | 
     return values, (expires if any_expiry else None), sum(len(v) for _, v, _ in items)
 
 
-def columns(items: list[Item]) -> ItemColumns:
-    keys = [k for k, _, _ in items]
-    values = [v for _, v, _ in items]
+def columns(items: list[Item]) -> tuple[list[str], list[bytes], list[float | None] | None]:
+    """``items`` as the three lists ``snapshot_write`` reads by index (as from an ``ItemColumns``)."""
     expires = [e for _, _, e in items]
-    return ItemColumns(keys, values, None if expires.count(None) == len(expires) else expires)
+    keys, values = [k for k, _, _ in items], [v for _, v, _ in items]
+    return keys, values, None if expires.count(None) == len(expires) else expires
 
 
 @FILES
@@ -181,7 +181,7 @@ def test_bulk_load_leaves_the_backend_as_replace_prefix_does(
             values, expires, value_bytes = as_mapping(items)
             await backend._replace_prefix_loaded(prefix, values, expires, value_bytes)
         else:
-            await backend.replace_prefix(prefix, columns(items))
+            await backend.replace_prefix(prefix, ItemColumns(*columns(items)))
         clock.now = 1001.0
         found = await backend.range("")
         stats = backend.stats_nowait()
