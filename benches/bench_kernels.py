@@ -8,8 +8,13 @@
   walking the list visits memory at random (run numbers collected as runs complete); "parsed"
   makes each int in list order (run numbers read from a file, a JSON document or a query).
   An informative row reads the same numbers from an ``array('q')`` (in place, no conversion).
-* SHA-256 of a 64 MiB buffer fed to ``Sha256Hasher`` (what the storage backends hash streams with)
-  vs ``hashlib.sha256(buf).hexdigest()`` (OpenSSL, SHA-NI here).
+* SHA-256 of a 64 MiB buffer vs ``hashlib.sha256(buf).hexdigest()`` (OpenSSL, SHA-NI here), and of a
+  64 MiB file (page cache warm) vs ``hashlib.file_digest``.
+* Framing: ``encode_records`` + ``decode_records`` of 100k ``(key, value, expires_at)`` records
+  (16-byte keys, 100-byte values, half with an expiry) vs ``msgspec.msgpack`` encoding the same
+  list of tuples and decoding it typed as ``list[tuple[bytes, bytes, float | None]]``, so both
+  return the same Python objects. statekit also computes and checks a CRC-32 of the body;
+  msgpack has no checksum.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ import hashlib
 import random
 from array import array
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
-from _support import SEED, describe, shuffled
+from _support import SEED, describe, make_values, shuffled
 from statekit import _native
 
 # -- runs ----------------------------------------------------------------------------------
@@ -116,6 +123,7 @@ MIB = 1 << 20
 SHA_SIZE = 64 * MIB
 SHA_ROUNDS = 9
 sha_group = pytest.mark.benchmark(group="sha256: 64 MiB buffer")
+sha_file_group = pytest.mark.benchmark(group="sha256: 64 MiB file (page cache)")
 
 
 @pytest.fixture(scope="module")
@@ -123,16 +131,17 @@ def sha_buffer() -> bytes:
     return random.Random(SEED).randbytes(SHA_SIZE)
 
 
-def hasher_digest(data: bytes) -> str:
-    hasher = _native.Sha256Hasher()
-    hasher.update(data)
-    return hasher.hexdigest()
+@pytest.fixture(scope="module")
+def sha_file(sha_buffer: bytes, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sha") / "blob.bin"
+    path.write_bytes(sha_buffer)
+    return path
 
 
 @sha_group
 def test_statekit_sha256(benchmark: Any, sha_buffer: bytes) -> None:
     describe(benchmark, ops=SHA_SIZE // MIB, unit="MiB", targets={"baseline_hashlib_sha256": 0.9})
-    digest = benchmark.pedantic(hasher_digest, args=(sha_buffer,), rounds=SHA_ROUNDS, warmup_rounds=1)
+    digest = benchmark.pedantic(_native.sha256, args=(sha_buffer,), rounds=SHA_ROUNDS, warmup_rounds=1)
     assert digest == hashlib.sha256(sha_buffer).hexdigest()
 
 
@@ -142,3 +151,86 @@ def test_baseline_hashlib_sha256(benchmark: Any, sha_buffer: bytes) -> None:
     benchmark.pedantic(
         lambda data: hashlib.sha256(data).hexdigest(), args=(sha_buffer,), rounds=SHA_ROUNDS, warmup_rounds=1
     )
+
+
+@sha_file_group
+def test_statekit_sha256_file(benchmark: Any, sha_file: Path, sha_buffer: bytes) -> None:
+    describe(benchmark, ops=SHA_SIZE // MIB, unit="MiB")
+    digest = benchmark.pedantic(_native.sha256_file, args=(sha_file,), rounds=SHA_ROUNDS, warmup_rounds=1)
+    assert digest == hashlib.sha256(sha_buffer).hexdigest()
+
+
+@sha_file_group
+def test_baseline_hashlib_file_digest(benchmark: Any, sha_file: Path) -> None:
+    def digest(path: Path) -> str:
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+
+    describe(benchmark, ops=SHA_SIZE // MIB, unit="MiB")
+    benchmark.pedantic(digest, args=(sha_file,), rounds=SHA_ROUNDS, warmup_rounds=1)
+
+
+# -- framing -------------------------------------------------------------------------------
+
+N_RECORDS = 100_000
+FRAMING_ROUNDS = 9
+Record = tuple[bytes, bytes, float | None]
+
+RECORDS: list[Record] = [
+    (f"key:{i:012d}".encode(), value, 1_800_000_000.0 + i if i % 2 else None)
+    for i, value in enumerate(make_values(N_RECORDS))
+]
+MSGPACK_ENCODER = msgspec.msgpack.Encoder()
+MSGPACK_DECODER = msgspec.msgpack.Decoder(list[Record])
+roundtrip_group = pytest.mark.benchmark(group="framing: encode + decode 100k records")
+encode_group = pytest.mark.benchmark(group="framing: encode 100k records")
+decode_group = pytest.mark.benchmark(group="framing: decode 100k records")
+
+
+def statekit_roundtrip(records: list[Record]) -> list[Record]:
+    decoded: list[Record] = _native.decode_records(_native.encode_records(records))
+    return decoded
+
+
+def msgpack_roundtrip(records: list[Record]) -> list[Record]:
+    return MSGPACK_DECODER.decode(MSGPACK_ENCODER.encode(records))
+
+
+@roundtrip_group
+def test_statekit_framing_roundtrip(benchmark: Any) -> None:
+    describe(benchmark, ops=N_RECORDS, unit="records", targets={"baseline_msgspec_msgpack_roundtrip": 1.0})
+    out = benchmark.pedantic(statekit_roundtrip, args=(RECORDS,), rounds=FRAMING_ROUNDS, warmup_rounds=1)
+    assert out == RECORDS
+
+
+@roundtrip_group
+def test_baseline_msgspec_msgpack_roundtrip(benchmark: Any) -> None:
+    describe(benchmark, ops=N_RECORDS, unit="records")
+    out = benchmark.pedantic(msgpack_roundtrip, args=(RECORDS,), rounds=FRAMING_ROUNDS, warmup_rounds=1)
+    assert out == RECORDS
+
+
+@encode_group
+def test_statekit_framing_encode(benchmark: Any) -> None:
+    describe(benchmark, ops=N_RECORDS, unit="records")
+    benchmark.pedantic(_native.encode_records, args=(RECORDS,), rounds=FRAMING_ROUNDS, warmup_rounds=1)
+
+
+@encode_group
+def test_baseline_msgspec_msgpack_encode(benchmark: Any) -> None:
+    describe(benchmark, ops=N_RECORDS, unit="records")
+    benchmark.pedantic(MSGPACK_ENCODER.encode, args=(RECORDS,), rounds=FRAMING_ROUNDS, warmup_rounds=1)
+
+
+@decode_group
+def test_statekit_framing_decode(benchmark: Any) -> None:
+    describe(benchmark, ops=N_RECORDS, unit="records")
+    data = _native.encode_records(RECORDS)
+    benchmark.pedantic(_native.decode_records, args=(data,), rounds=FRAMING_ROUNDS, warmup_rounds=1)
+
+
+@decode_group
+def test_baseline_msgspec_msgpack_decode(benchmark: Any) -> None:
+    describe(benchmark, ops=N_RECORDS, unit="records")
+    data = MSGPACK_ENCODER.encode(RECORDS)
+    benchmark.pedantic(MSGPACK_DECODER.decode, args=(data,), rounds=FRAMING_ROUNDS, warmup_rounds=1)

@@ -1,11 +1,19 @@
-//! SHA-256 as lowercase hex: `Sha256Hasher`, fed chunk by chunk (large chunks hashed with
-//! the GIL released), hashes a stream while it is being written (the storage backends).
-//! `sha2` picks the SHA-NI / AVX2 code path at run time (via `cpufeatures`).
+//! SHA-256 of buffers and files, as lowercase hex.
+//!
+//! `sha256(data)` equals `hashlib.sha256(data).hexdigest()` for any bytes-like `data`;
+//! `sha256_file(path)` streams the file through a 1 MiB buffer. Both hash with the GIL
+//! released. `sha2` picks the SHA-NI / AVX2 code path at run time (via `cpufeatures`).
+//!
+//! `Sha256Hasher` is the incremental form, fed chunk by chunk (large chunks hashed with the
+//! GIL released), used to hash a stream while it is being written.
 //!
 //! This module also holds `BytesLike`, the shared extraction of a bytes-like argument
 //! (`bytes`, `bytearray`, `memoryview` or any other buffer-protocol object).
 
+use std::fs::File;
+use std::io::{ErrorKind, Read};
 use std::ops::Deref;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use pyo3::buffer::PyBuffer;
@@ -15,7 +23,9 @@ use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyByteArray, PyBytes, PyString};
 use sha2::{Digest, Sha256};
 
-/// Size of the read buffer of streamed file hashing (`snapshot_verify`).
+use crate::errors::NativeError;
+
+/// Size of the read buffer used by [`sha256_file_hex`].
 pub const FILE_CHUNK: usize = 1 << 20;
 
 /// Lowercase hex of a byte string.
@@ -27,6 +37,36 @@ pub fn to_hex(bytes: &[u8]) -> String {
         out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
     out
+}
+
+/// SHA-256 of `data` as lowercase hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    to_hex(&Sha256::digest(data))
+}
+
+/// SHA-256 of everything `reader` yields, as lowercase hex.
+pub fn sha256_reader_hex<R: Read>(mut reader: R) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; FILE_CHUNK];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n.min(buf.len())]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(to_hex(&hasher.finalize()))
+}
+
+/// SHA-256 of the file at `path` as lowercase hex, read in [`FILE_CHUNK`] pieces.
+pub fn sha256_file_hex(path: &Path) -> Result<String, NativeError> {
+    let io_err = |source| NativeError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io_err)?;
+    sha256_reader_hex(file).map_err(io_err)
 }
 
 /// The bytes of a bytes-like Python argument, safe to read with the GIL released.
@@ -106,6 +146,19 @@ pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| "<unknown type>".to_owned())
 }
 
+/// `sha256(data)` -> lowercase hex digest of a bytes-like object.
+#[pyfunction]
+pub fn sha256(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<String> {
+    let data = BytesLike::extract(data, "data")?;
+    Ok(py.detach(|| sha256_hex(&data)))
+}
+
+/// `sha256_file(path)` -> lowercase hex digest of a file's contents, streamed.
+#[pyfunction]
+pub fn sha256_file(py: Python<'_>, path: PathBuf) -> PyResult<String> {
+    Ok(py.detach(|| sha256_file_hex(&path))?)
+}
+
 /// Chunks at least this large are hashed with the GIL released; for smaller ones the
 /// detach/re-attach round trip costs more than it frees.
 pub const DETACH_THRESHOLD: usize = 64 * 1024;
@@ -156,10 +209,7 @@ impl PySha256Hasher {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sha256_hex(data: &[u8]) -> String {
-        to_hex(&Sha256::digest(data))
-    }
+    use std::io::Write;
 
     const EMPTY: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
     const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
@@ -189,5 +239,35 @@ mod tests {
     fn hex_is_lowercase_and_padded() {
         assert_eq!(to_hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
         assert_eq!(to_hex(&[]), "");
+    }
+
+    #[test]
+    fn reader_matches_one_shot_across_chunk_boundaries() {
+        let data: Vec<u8> = (0..(FILE_CHUNK * 2 + 17))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let streamed = sha256_reader_hex(&data[..]).expect("in-memory read cannot fail");
+        assert_eq!(streamed, sha256_hex(&data));
+    }
+
+    #[test]
+    fn file_hash_and_missing_file() {
+        let dir = std::env::temp_dir().join(format!("statekit-checksum-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("abc.bin");
+        File::create(&path)
+            .and_then(|mut f| f.write_all(b"abc"))
+            .expect("write temp file");
+        assert_eq!(sha256_file_hex(&path).expect("hash file"), ABC);
+
+        let missing = dir.join("missing.bin");
+        match sha256_file_hex(&missing) {
+            Err(NativeError::Io { path, source }) => {
+                assert_eq!(path, missing);
+                assert_eq!(source.kind(), ErrorKind::NotFound);
+            }
+            other => panic!("expected an Io error, got {other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }

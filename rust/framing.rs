@@ -28,10 +28,20 @@
 //! count that does not match the body. The header fields are all checked and the CRC covers
 //! the body, so any single flipped bit is detected.
 //!
-//! The Python side never sees a batch by itself: [`crate::records`] frames Python records
-//! into one for a snapshot, and `snapshot_read` / `snapshot_load` walk it.
+//! # GIL
+//!
+//! `encode_records` takes a reference to each key and value while attached (one pass, through
+//! [`crate::records`], the one place Python records are read), then frames them and computes
+//! the body CRC detached. `decode_records` checks the header, the CRC and every
+//! record detached ([`validate`]), then walks the records again attached to build the list of
+//! tuples (re-reading the lengths is cheaper than materialising an intermediate `Vec`).
 
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+
+use crate::checksum::BytesLike;
 use crate::errors::NativeError;
+use crate::records;
 
 /// First four bytes of every batch.
 pub const MAGIC: [u8; 4] = *b"SKRB";
@@ -128,6 +138,36 @@ pub fn put_record(out: &mut Vec<u8>, key: &[u8], value: &[u8], expires_at: Optio
     }
     out.extend_from_slice(key);
     out.extend_from_slice(value);
+}
+
+/// Writes one record into `buf` at `pos` (sized by the caller, the lengths checked); returns
+/// the end position.
+pub fn write_record(
+    buf: &mut [u8],
+    pos: usize,
+    key: &[u8],
+    value: &[u8],
+    expires_at: Option<f64>,
+) -> Result<usize, NativeError> {
+    let head = 9 + if expires_at.is_some() { 8 } else { 0 };
+    let end = pos + head + key.len() + value.len();
+    let Some(out) = buf.get_mut(pos..end) else {
+        return Err(NativeError::invalid(
+            "a record does not fit the buffer made for the batch",
+        ));
+    };
+    out[0..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
+    out[4..8].copy_from_slice(&(value.len() as u32).to_le_bytes());
+    match expires_at {
+        Some(at) => {
+            out[8] = 1;
+            out[9..17].copy_from_slice(&at.to_le_bytes());
+        }
+        None => out[8] = 0,
+    }
+    out[head..head + key.len()].copy_from_slice(key);
+    out[head + key.len()..].copy_from_slice(value);
+    Ok(end)
 }
 
 /// The header of a batch of `count` records whose body is `body_len` bytes with CRC-32 `crc`.
@@ -404,6 +444,54 @@ pub(crate) fn escape(bytes: &[u8]) -> String {
     }
     out.push('\'');
     out
+}
+
+/// `encode_records(records)` -> bytes of one record batch.
+///
+/// The records are extracted by [`records::columns_from_items`] (a reference to every key and
+/// value, one pass), then framed detached straight into the result (one allocation, no
+/// intermediate buffer), and the CRC-32 computed over it.
+#[pyfunction]
+pub fn encode_records<'py>(
+    py: Python<'py>,
+    records: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let columns = records::columns_from_items(records, records::Shape::Batch)?;
+    let body_len = py.detach(|| columns.measure(b""))?;
+    let total = usize::try_from(body_len)
+        .ok()
+        .and_then(|n| n.checked_add(HEADER_LEN))
+        .ok_or_else(|| NativeError::invalid("the record batch is too large for memory"))?;
+    // The new bytes object is not shared yet: filling it detached is safe.
+    let encoded = PyBytes::new_with(py, total, |buf| {
+        Ok(py.detach(|| columns.encode_into(buf, body_len))?)
+    })?;
+    // The references to the keys and values are released here, attached.
+    drop(columns);
+    Ok(encoded)
+}
+
+/// `decode_records(data)` -> list of `(key, value, expires_at)` tuples.
+///
+/// Checks the header, the CRC and every record detached, collecting the record bounds, then
+/// builds the list at its final size.
+#[pyfunction]
+pub fn decode_records<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyList>> {
+    let data = BytesLike::extract(data, "data")?;
+    let records = py.detach(|| decode(&data))?;
+    PyList::new(
+        py,
+        records.iter().map(|r| {
+            (
+                PyBytes::new(py, r.key),
+                PyBytes::new(py, r.value),
+                r.expires_at,
+            )
+        }),
+    )
 }
 
 #[cfg(test)]

@@ -128,6 +128,26 @@ impl<K: AsRef<[u8]> + Sync, V: AsRef<[u8]> + Sync> Columns<K, V> {
         Ok(body_len)
     }
 
+    /// Frames the whole batch into `out`, a buffer of exactly the header plus the `body_len`
+    /// that [`Self::measure`] returned (allocated once by the caller, such as a new `bytes`),
+    /// then computes the CRC-32 over what it wrote and fills in the header.
+    pub fn encode_into(&self, out: &mut [u8], body_len: u64) -> Result<(), NativeError> {
+        if out.len() as u64 != framing::HEADER_LEN as u64 + body_len {
+            return Err(NativeError::invalid(
+                "a framed batch does not fit the buffer made for it",
+            ));
+        }
+        let (header, body) = out.split_at_mut(framing::HEADER_LEN);
+        let mut pos = 0;
+        for index in 0..self.len() {
+            let (key, value) = (self.keys[index].as_ref(), self.values[index].as_ref());
+            pos = framing::write_record(body, pos, key, value, self.expiry(index))?;
+        }
+        let crc = crc32fast::hash(body);
+        header.copy_from_slice(&framing::batch_header(self.len() as u64, body_len, crc));
+        Ok(())
+    }
+
     /// Checks every record like [`Self::measure`], computes the body's CRC-32 (two threads,
     /// each framing half the records into a small reused buffer), and returns the columns
     /// ready to frame.
@@ -196,21 +216,43 @@ impl<K: AsRef<[u8]> + Sync, V: AsRef<[u8]> + Sync> Prepared<'_, K, V> {
     }
 }
 
-const RECORD_SHAPE: &str = "a (key: str | bytes, value: bytes, expires_at: float | None) tuple";
+/// Which Python records an entry point accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Snapshots: `str` or `bytes` keys; records as tuples, or the three columns as a
+    /// `(keys, values, expires_at)` tuple of lists.
+    Snapshot,
+    /// Record batches (`encode_records`): `bytes` keys; records as tuples or 3-item lists.
+    Batch,
+}
+
+impl Shape {
+    fn record(self) -> &'static str {
+        match self {
+            Self::Snapshot => "a (key: str | bytes, value: bytes, expires_at: float | None) tuple",
+            Self::Batch => "a (key: bytes, value: bytes, expires_at: float | None) tuple",
+        }
+    }
+}
 
 /// Python records, extracted: keys, values and expiries.
 pub type PyColumns = Columns<Key, PyBackedBytes>;
 
-fn key_of(key: &Bound<'_, PyAny>, index: usize) -> PyResult<Key> {
-    if let Ok(s) = key.cast::<PyString>() {
-        Ok(Key::Str(PyBackedStr::try_from(s.clone())?))
-    } else if let Ok(b) = key.cast::<PyBytes>() {
-        Ok(Key::Bytes(PyBackedBytes::from(b.clone())))
-    } else {
-        Err(PyTypeError::new_err(format!(
-            "record {index}: key must be str or bytes, got {}",
+fn key_of(key: &Bound<'_, PyAny>, index: usize, shape: Shape) -> PyResult<Key> {
+    if let Ok(b) = key.cast::<PyBytes>() {
+        return Ok(Key::Bytes(PyBackedBytes::from(b.clone())));
+    }
+    match key.cast::<PyString>() {
+        Ok(s) if shape == Shape::Snapshot => Ok(Key::Str(PyBackedStr::try_from(s.clone())?)),
+        _ => Err(PyTypeError::new_err(format!(
+            "record {index}: key must be {}, got {}",
+            if shape == Shape::Snapshot {
+                "str or bytes"
+            } else {
+                "bytes"
+            },
             type_name(key)
-        )))
+        ))),
     }
 }
 
@@ -237,19 +279,21 @@ fn expiry_of(expiry: &Bound<'_, PyAny>, index: usize) -> PyResult<Option<f64>> {
 }
 
 /// Extracts Python records into columns: [`columns_from_lists`] for a `(keys, values,
-/// expires_at)` tuple of lists, else [`columns_from_items`].
+/// expires_at)` tuple of lists (snapshots only), else [`columns_from_items`].
 ///
 /// The column form is told apart by types alone: a tuple of three items whose first item is
-/// a list (a record is a tuple, never a list).
-pub fn columns_from_py(records: &Bound<'_, PyAny>) -> PyResult<PyColumns> {
-    if let Ok(tuple) = records.cast::<PyTuple>() {
-        if tuple.len() == 3 {
-            if let Ok(keys) = tuple.get_item(0)?.cast_into::<PyList>() {
-                return columns_from_tuple(&keys, tuple);
+/// a list (a record is a tuple, never a list, in [`Shape::Snapshot`]).
+pub fn columns_from_py(records: &Bound<'_, PyAny>, shape: Shape) -> PyResult<PyColumns> {
+    if shape == Shape::Snapshot {
+        if let Ok(tuple) = records.cast::<PyTuple>() {
+            if tuple.len() == 3 {
+                if let Ok(keys) = tuple.get_item(0)?.cast_into::<PyList>() {
+                    return columns_from_tuple(&keys, tuple);
+                }
             }
         }
     }
-    columns_from_items(records)
+    columns_from_items(records, shape)
 }
 
 /// The `(keys, values, expires_at)` form of [`columns_from_py`], `keys` already a list.
@@ -304,7 +348,8 @@ pub fn columns_from_lists(
     let mut any_expiry = false;
     let mut index = 0;
     while index < keys.len() && index < values.len() {
-        out.keys.push(key_of(&keys.get_item(index)?, index)?);
+        out.keys
+            .push(key_of(&keys.get_item(index)?, index, Shape::Snapshot)?);
         out.values.push(value_of(&values.get_item(index)?, index)?);
         if let Some(e) = expires {
             if index >= e.len() {
@@ -328,36 +373,45 @@ pub fn columns_from_lists(
     Ok(out)
 }
 
-/// Appends one `(key, value, expires_at)` tuple to `out`.
-fn push_tuple(
+/// Appends one record (a 3-tuple, or a 3-item list for [`Shape::Batch`]) to `out`.
+fn push_record(
     out: &mut PyColumns,
     expiries: &mut Vec<Option<f64>>,
     item: &Bound<'_, PyAny>,
     index: usize,
+    shape: Shape,
 ) -> PyResult<()> {
-    let Ok(tuple) = item.cast::<PyTuple>() else {
-        return Err(PyTypeError::new_err(format!(
-            "record {index} must be {RECORD_SHAPE}, got {}",
-            type_name(item)
-        )));
+    let bad_shape = |what: String| {
+        PyTypeError::new_err(format!(
+            "record {index} must be {}, got {what}",
+            shape.record()
+        ))
     };
-    if tuple.len() != 3 {
-        return Err(PyTypeError::new_err(format!(
-            "record {index} must be {RECORD_SHAPE}, got a tuple of length {}",
-            tuple.len()
-        )));
-    }
-    out.keys.push(key_of(&tuple.get_item(0)?, index)?);
-    out.values.push(value_of(&tuple.get_item(1)?, index)?);
-    expiries.push(expiry_of(&tuple.get_item(2)?, index)?);
+    let (key, value, expiry) = if let Ok(tuple) = item.cast::<PyTuple>() {
+        if tuple.len() != 3 {
+            return Err(bad_shape(format!("a tuple of length {}", tuple.len())));
+        }
+        (tuple.get_item(0)?, tuple.get_item(1)?, tuple.get_item(2)?)
+    } else if let (Shape::Batch, Ok(list)) = (shape, item.cast::<PyList>()) {
+        if list.len() != 3 {
+            return Err(bad_shape(format!("a list of length {}", list.len())));
+        }
+        (list.get_item(0)?, list.get_item(1)?, list.get_item(2)?)
+    } else {
+        return Err(bad_shape(type_name(item)));
+    };
+    out.keys.push(key_of(&key, index, shape)?);
+    out.values.push(value_of(&value, index)?);
+    expiries.push(expiry_of(&expiry, index)?);
     Ok(())
 }
 
 /// Extracts a list or iterable of `(key, value, expires_at)` records into columns.
-pub fn columns_from_items(records: &Bound<'_, PyAny>) -> PyResult<PyColumns> {
+pub fn columns_from_items(records: &Bound<'_, PyAny>, shape: Shape) -> PyResult<PyColumns> {
     if records.is_instance_of::<PyBytes>() || records.is_instance_of::<PyString>() {
         return Err(PyTypeError::new_err(format!(
-            "records must be a sequence of {RECORD_SHAPE}s, got {}",
+            "records must be a sequence of {}s, got {}",
+            shape.record(),
             type_name(records)
         )));
     }
@@ -375,18 +429,25 @@ pub fn columns_from_items(records: &Bound<'_, PyAny>) -> PyResult<PyColumns> {
         let mut index = 0;
         // By index, re-reading the length: converting an expiry could change the list.
         while index < list.len() {
-            push_tuple(&mut out, &mut expiries, &list.get_item(index)?, index)?;
+            push_record(
+                &mut out,
+                &mut expiries,
+                &list.get_item(index)?,
+                index,
+                shape,
+            )?;
             index += 1;
         }
     } else {
         let iter = records.try_iter().map_err(|_| {
             PyTypeError::new_err(format!(
-                "records must be an iterable of {RECORD_SHAPE}s, got {}",
+                "records must be an iterable of {}s, got {}",
+                shape.record(),
                 type_name(records)
             ))
         })?;
         for (index, item) in iter.enumerate() {
-            push_tuple(&mut out, &mut expiries, &item?, index)?;
+            push_record(&mut out, &mut expiries, &item?, index, shape)?;
         }
     }
     if expiries.iter().any(Option::is_some) {

@@ -1,8 +1,7 @@
 """The Rust core of statekit (``statekit._native``).
 
-RESP pipeline encoding and Redis Cluster slots, incremental SHA-256, checkpoint snapshot files
-(whose payload is a checksummed record batch), and run watermarks. Heavy work runs with the
-GIL released.
+Record-batch framing, RESP pipeline encoding and Redis Cluster slots, SHA-256 of buffers and
+files, checkpoint snapshot files, and run watermarks. Heavy work runs with the GIL released.
 Corrupt input raises :class:`statekit.errors.CorruptData`; bad arguments raise ``TypeError`` /
 ``ValueError``; file errors raise ``OSError`` subclasses (``FileNotFoundError``, ...) carrying
 the path.
@@ -18,12 +17,16 @@ __all__ = [
     "Sha256Hasher",
     "SnapshotInfo",
     "__version__",
+    "decode_records",
     "encode_commands",
+    "encode_records",
     "hash_slot",
     "hash_slots",
     "last_contiguous_run",
     "max_attempted_run",
     "run_gaps",
+    "sha256",
+    "sha256_file",
     "snapshot_info",
     "snapshot_load",
     "snapshot_read",
@@ -32,6 +35,30 @@ __all__ = [
 ]
 
 __version__: str
+
+# --- framing -------------------------------------------------------------------------------
+
+def encode_records(records: Iterable[tuple[bytes, bytes, float | None]]) -> bytes:
+    """Encode ``(key, value, expires_at)`` records into one checksummed record batch.
+
+    ``expires_at`` is an absolute unix time (seconds) or ``None``. Records may also be given
+    as 3-item lists. Layout (little-endian): a 28-byte header (magic ``b"SKRB"``, version 1,
+    flags 0, reserved u16 0, record count u64, body length u64, CRC-32 of the body u32), then
+    per record ``key_len u32, value_len u32, has_expiry u8, [expires_at f64], key, value``.
+
+    Raises:
+        TypeError: a record is not a 3-tuple of ``bytes``, ``bytes``, ``float | None``.
+        ValueError: a key or value is 4 GiB or larger.
+    """
+
+def decode_records(data: Buffer) -> list[tuple[bytes, bytes, float | None]]:
+    """Decode a batch made by :func:`encode_records` (from ``bytes``, ``bytearray``, ``memoryview``...).
+
+    Raises:
+        statekit.errors.CorruptData: wrong magic, unknown version, non-zero flags, truncated
+            header or body, trailing bytes, checksum mismatch or record count mismatch.
+        TypeError: ``data`` is not bytes-like.
+    """
 
 # --- RESP ----------------------------------------------------------------------------------
 
@@ -66,6 +93,21 @@ def hash_slots(keys: Iterable[bytes | str]) -> list[int]:
     """
 
 # --- checksum ------------------------------------------------------------------------------
+
+def sha256(data: Buffer) -> str:
+    """Lowercase hex SHA-256 of a bytes-like object; equals ``hashlib.sha256(data).hexdigest()``.
+
+    Raises:
+        TypeError: ``data`` is not bytes-like.
+    """
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Lowercase hex SHA-256 of a file's contents, read in 1 MiB chunks with the GIL released.
+
+    Raises:
+        FileNotFoundError: the file does not exist (``.filename`` is the path).
+        OSError: any other error opening or reading the file.
+    """
 
 @final
 class Sha256Hasher:

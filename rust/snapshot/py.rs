@@ -124,7 +124,7 @@ pub fn snapshot_write(
         prefix,
         signing_key: signing_key_of(signing_key)?,
     };
-    let mut columns = Some(records::columns_from_py(records)?);
+    let mut columns = Some(records::columns_from_py(records, records::Shape::Snapshot)?);
     let header = py.detach(|| {
         check_options(&options)?;
         let staged = match &columns {

@@ -1,4 +1,4 @@
-"""Plain-Python reference implementations of the ``statekit._native`` functions and formats.
+"""Plain-Python reference implementations of every ``statekit._native`` function.
 
 The property tests assert that the Rust core agrees with these on arbitrary input. They are
 written for clarity, not speed, and follow the format descriptions in the Rust module docs.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import struct
 import zlib
 from collections.abc import Iterable, Sequence
@@ -139,6 +140,21 @@ def hash_slot(key: bytes | str) -> int:
 
 def hash_slots(keys: Iterable[bytes | str]) -> list[int]:
     return [hash_slot(k) for k in keys]
+
+
+# --- checksum ------------------------------------------------------------------------------
+
+
+def sha256(data: bytes | bytearray | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 # --- runs ----------------------------------------------------------------------------------

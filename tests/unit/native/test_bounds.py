@@ -35,6 +35,10 @@ class LyingLength:
         (lambda: _native.run_gaps(0, LyingLength([1, 2]), 3), [3]),
         (lambda: _native.hash_slots(LyingLength([b"a"])), [_native.hash_slot(b"a")]),
         (lambda: _native.encode_commands(LyingLength([[b"PING"]])), b"*1\r\n$4\r\nPING\r\n"),
+        (
+            lambda: _native.decode_records(_native.encode_records(LyingLength([(b"k", b"v", None)]))),
+            [(b"k", b"v", None)],
+        ),
     ],
     ids=[
         "last_contiguous_run",
@@ -42,6 +46,7 @@ class LyingLength:
         "run_gaps",
         "hash_slots",
         "encode_commands",
+        "encode_records",
     ],
 )
 def test_a_lying_length_is_only_a_hint(call: Callable[[], object], expected: object) -> None:
