@@ -10,12 +10,22 @@ Comparison is case-insensitive, so names stay distinct on case-insensitive file 
 
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
+from typing import TypeGuard
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["MANIFEST_NAME", "MAX_NAME_LENGTH", "META_SUFFIX", "NameAllocator", "member_name", "url_name"]
+from statekit import _native
+
+__all__ = [
+    "MANIFEST_NAME",
+    "MAX_NAME_LENGTH",
+    "META_SUFFIX",
+    "NameAllocator",
+    "is_safe_name",
+    "member_name",
+    "url_name",
+]
 
 MANIFEST_NAME = "bundle.json"
 META_SUFFIX = ".meta"
@@ -23,6 +33,18 @@ MAX_NAME_LENGTH = 120
 _FALLBACK = "resource"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_SUFFIX = 16
+
+
+def is_safe_name(name: object) -> TypeGuard[str]:
+    """Whether ``name`` is a name this module could have made: one ``[A-Za-z0-9._-]`` component,
+    not starting with a dot, at most ``MAX_NAME_LENGTH`` long, not a name a bundle reserves.
+    Used on names read back from files (a manifest may have been edited), never trusted as paths."""
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH or name.startswith("."):
+        return False
+    lowered = name.lower()
+    if lowered == MANIFEST_NAME or lowered.endswith(META_SUFFIX):
+        return False
+    return _UNSAFE.search(name) is None
 
 
 def _clean(text: str) -> str:
@@ -42,7 +64,7 @@ def _bounded(name: str, original: str) -> str:
     stem, dot, suffix = name.rpartition(".")
     if not dot or not stem or len(suffix) > _MAX_SUFFIX:
         stem, suffix = name, ""
-    tag = hashlib.sha256(original.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    tag = _native.sha256(original.encode("utf-8", "surrogatepass"))[:8]
     tail = f"-{tag}" + (f".{suffix}" if suffix else "")
     return stem[: MAX_NAME_LENGTH - len(tail)].rstrip("._-") + tail
 

@@ -23,11 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from statekit._native import Sha256Hasher
+from statekit._native import Sha256Hasher, sha256_file
 from statekit._utils.atomic import atomic_write_bytes, fsync_directory
 from statekit.errors import ConfigError, StorageError
 from statekit.storage._bids import check_bid, is_bid
-from statekit.storage._names import MANIFEST_NAME, META_SUFFIX, NameAllocator, member_name, url_name
+from statekit.storage._names import (
+    MANIFEST_NAME,
+    META_SUFFIX,
+    NameAllocator,
+    is_safe_name,
+    member_name,
+    url_name,
+)
 from statekit.storage.base import (
     BundleRef,
     BundleStorageContext,
@@ -355,6 +362,56 @@ class FileStorage:
             if entry.name.startswith(BUNDLE_DIR_PREFIX) and is_bid(bid) and entry.is_dir():
                 found.append(BundleInfo(bid=bid, path=entry, complete=(entry / MANIFEST_NAME).is_file()))
         return sorted(found, key=lambda b: b.bid)
+
+    async def verify_bundle(self, bid: str) -> list[str]:
+        """Check every resource of complete bundle ``bid`` against its manifest: the file exists
+        and has the recorded size and SHA-256 (hashed in Rust, streamed, GIL released). Returns
+        one line per problem; an empty list means the bundle is intact.
+
+        Raises:
+            InvalidBidError: ``bid`` is not a valid BID.
+            StorageError: the bundle has no manifest (incomplete or missing) or it cannot be read.
+        """
+        directory = self.bundle_path(bid)
+        try:
+            manifest = await asyncio.to_thread(self.read_manifest, bid)
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"bundle {bid}: cannot read its manifest: {exc}", path=str(directory)) from exc
+        if manifest is None:
+            raise StorageError(
+                f"bundle {bid} has no manifest (incomplete or missing): nothing to verify against",
+                path=str(directory),
+            )
+        resources = manifest.get("resources")
+        if not isinstance(resources, list):
+            return ["the manifest has no resource list"]
+        problems: list[str] = []
+        for entry in resources:
+            if not isinstance(entry, dict):
+                problems.append(f"{entry!r}: not a resource record")
+                continue
+            name = entry.get("name")
+            if not is_safe_name(name):  # an edited manifest never names a path outside the bundle
+                problems.append(f"{name!r}: not a resource name statekit writes")
+                continue
+            path = directory / name
+            try:
+                size = path.lstat().st_size
+                if not path.is_file() or path.is_symlink():
+                    problems.append(f"{name}: not a regular file")
+                    continue
+                digest = await asyncio.to_thread(sha256_file, path)
+            except FileNotFoundError:
+                problems.append(f"{name}: missing")
+                continue
+            except OSError as exc:
+                problems.append(f"{name}: unreadable ({exc.strerror or exc})")
+                continue
+            if size != entry.get("size"):
+                problems.append(f"{name}: {size} bytes, the manifest says {entry.get('size')}")
+            elif digest != entry.get("sha256"):
+                problems.append(f"{name}: SHA-256 {digest} differs from the manifest's {entry.get('sha256')}")
+        return problems
 
     def read_manifest(self, bid: str) -> dict[str, Any] | None:
         """The manifest of bundle ``bid``, or None while it is incomplete."""

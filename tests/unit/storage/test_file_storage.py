@@ -201,3 +201,48 @@ async def test_restarting_a_complete_bundle_is_refused(tmp_path: Path) -> None:
     await (await storage.start_bundle(ref, Recipe("r"))).complete({})
     with pytest.raises(StorageError, match="already complete"):
         await storage.start_bundle(ref, Recipe("r"))
+
+
+async def test_verify_bundle_reports_every_damaged_resource_and_never_leaves_the_bundle(
+    tmp_path: Path,
+) -> None:
+    storage = FileStorage(tmp_path / "out")
+    ctx = await storage.start_bundle(BundleRef(), Recipe("r"))
+    for name in ("a.txt", "b.txt", "c.txt", "d.txt", "e.txt"):
+        await ctx.add_resource(f"https://h/{name}", "text/plain", 200, chunks(name.encode() * 1000))
+    await ctx.complete({})
+    bid = ctx.bundle_ref.bid
+    assert await storage.verify_bundle(bid) == []
+
+    directory = ctx.directory
+    data = bytearray((directory / "a.txt").read_bytes())
+    data[100] ^= 1  # same size, one bit flipped
+    (directory / "a.txt").write_bytes(bytes(data))
+    (directory / "b.txt").write_bytes(b"short")
+    (directory / "c.txt").unlink()
+    (directory / "d.txt").unlink()
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"d.txt" * 1000)  # the right content, but reached through a symlink
+    (directory / "d.txt").symlink_to(secret)
+    manifest = json.loads((directory / "bundle.json").read_text())
+    manifest["resources"].append({"name": "../secret.txt", "size": 5000, "sha256": "0" * 64})
+    (directory / "bundle.json").write_text(json.dumps(manifest))
+
+    problems = await storage.verify_bundle(bid)
+    assert len(problems) == 5
+    assert problems[0].startswith("a.txt: SHA-256 ")
+    assert problems[1] == "b.txt: 5 bytes, the manifest says 5000"
+    assert problems[2] == "c.txt: missing"
+    assert problems[3] == "d.txt: not a regular file"
+    assert problems[4] == "'../secret.txt': not a resource name statekit writes"
+    assert "e.txt" not in " ".join(problems)
+
+
+async def test_verify_bundle_refuses_incomplete_bundles_and_bad_bids(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path)
+    pending = await storage.start_bundle(BundleRef(), Recipe("r"))
+    await pending.add_resource("https://h/a", None, 200, chunks(b"a"))
+    with pytest.raises(StorageError, match="no manifest"):
+        await storage.verify_bundle(pending.bundle_ref.bid)
+    with pytest.raises(InvalidBidError):
+        await storage.verify_bundle("../../etc")
