@@ -38,6 +38,7 @@ from tests.servers.redis_servers import (
     require_redis,
     start_cluster,
     start_standalone,
+    start_tls,
 )
 
 # Hooks of tests/ci.py, registered by being names of this conftest: under CI=true a skip fails.
@@ -65,7 +66,14 @@ BACKEND_FACTORIES: dict[str, BackendFactory] = {
     "sqlite": lambda tmp, clock: SqliteStateBackend(tmp / "state.db", clock=clock),
 }
 #: Redis kinds and the fixture giving their (emptied) server's URL.
-REDIS_KINDS = {"redis": "redis_url", "redis-cluster": "cluster_url"}
+REDIS_KINDS = {
+    "redis": "redis_url",
+    "redis-cluster": "cluster_url",
+    "redis-paged": "redis_url",  # the same server, the paged index (index_layout="paged")
+    "redis-tls": "tls_url",
+}
+#: RedisConfig options of a kind beyond its URL.
+REDIS_KIND_OPTIONS: dict[str, dict[str, object]] = {"redis-paged": {"index_layout": "paged"}}
 #: Backends whose TTLs run on a server's clock (a FakeClock cannot expire their keys).
 SERVER_CLOCK_KINDS = frozenset(REDIS_KINDS)
 BACKEND_KINDS = sorted([*BACKEND_FACTORIES, *REDIS_KINDS])
@@ -176,6 +184,21 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+@pytest.fixture(scope="session")
+def redis_tls() -> Iterator[RedisServer]:
+    require_redis()
+    server = start_tls()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tls_url(redis_tls: RedisServer) -> str:
+    """The TLS server's ``rediss://`` URL (trusting its test CA), emptied first."""
+    redis_tls.flushall()
+    return f"{redis_tls.url}?tls_ca_certs={redis_tls.ca_file}"
+
+
 @pytest.fixture
 def cluster_url(redis_cluster: RedisCluster) -> str:
     """The cluster's URL, every node emptied first."""
@@ -206,7 +229,12 @@ def backend_factory(backend_kind: str, request: pytest.FixtureRequest) -> Backen
     from statekit.backends import RedisConfig
     from statekit.backends.redis import RedisStateBackend
 
-    config = RedisConfig.from_url(url, key_prefix=REDIS_KEY_PREFIX, pipeline_batch_size=REDIS_PIPELINE_BATCH)
+    config = RedisConfig.from_url(
+        url,
+        key_prefix=REDIS_KEY_PREFIX,
+        pipeline_batch_size=REDIS_PIPELINE_BATCH,
+        **REDIS_KIND_OPTIONS.get(backend_kind, {}),  # type: ignore[arg-type]
+    )
     return lambda tmp, clock: RedisStateBackend(config)
 
 

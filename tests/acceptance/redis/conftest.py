@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from tests.ci import require_module
-from tests.servers.redis_servers import RedisServer, require_redis, start_standalone, start_tls
+from tests.servers.redis_servers import RedisServer, require_redis, start_standalone
 
 require_module("redis", "the Redis tests need redis-py: pip install statekit[redis]")
 
@@ -23,14 +23,6 @@ from statekit.backends.redis import RedisStateBackend
 AUTH_PASSWORD = "s3cret-Pa55-never-shown"
 ACL_USER = "pipeline"
 ACL_PASSWORD = "acl-Pa55-never-shown"
-
-
-@pytest.fixture(scope="session")
-def redis_tls() -> Iterator[RedisServer]:
-    require_redis()
-    server = start_tls()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="session")
