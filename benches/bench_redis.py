@@ -49,6 +49,9 @@ get_group = pytest.mark.benchmark(group="redis: batch get 100k, 100 B values, on
 single_put_group = pytest.mark.benchmark(group="redis: single awaited put")
 single_get_group = pytest.mark.benchmark(group="redis: single awaited get")
 paused_group = pytest.mark.benchmark(group="redis: a paused server, time to give up")
+put_20k_group = pytest.mark.benchmark(group="redis: batch put 20k, 100 B values, one connection")
+N_20K = 20_000
+PAIRS_20K = PAIRS[:N_20K]
 
 #: The retry policy of tests/acceptance/redis/test_redis_faults.py's paused-server test.
 PAUSED_OPTIONS: dict[str, object] = {
@@ -75,6 +78,50 @@ def server() -> Iterator[RedisServer]:
 def _backend(server: RedisServer, **options: object) -> RedisStateBackend:
     config = RedisConfig.from_url(server.url, pipeline_batch_size=CHUNK, max_connections=1, **options)
     return RedisStateBackend(config)
+
+
+# -- batch put, 20k keys: the issue's second size (index included; the same peers) ------------
+
+
+@put_20k_group
+def test_statekit_batch_put_20k(benchmark: object, aloop: LoopRunner, server: RedisServer) -> None:
+    backend = _backend(server, key_prefix="k20:")
+    describe(
+        benchmark,
+        ops=N_20K,
+        targets={"baseline_redispy_pipeline_20k": 10.0, "baseline_redispy_mset_20k": 2.0},
+    )
+    bench_async(benchmark, aloop, lambda: backend.batch_put(PAIRS_20K), rounds=10)
+    assert aloop.run(backend.batch_get([KEYS[0], KEYS[N_20K - 1]])) == [VALUES[0], VALUES[N_20K - 1]]
+    aloop.run(backend.close())
+
+
+@put_20k_group
+def test_baseline_redispy_pipeline_20k(benchmark: object, aloop: LoopRunner, server: RedisServer) -> None:
+    client = redis_asyncio.Redis(port=server.port, max_connections=1)
+
+    async def work() -> None:
+        pipe = client.pipeline(transaction=False)
+        for key, value in PAIRS_20K:
+            pipe.set(key, value)
+        await pipe.execute()
+
+    describe(benchmark, ops=N_20K)
+    bench_async(benchmark, aloop, work, rounds=5)
+    aloop.run(client.aclose())
+
+
+@put_20k_group
+def test_baseline_redispy_mset_20k(benchmark: object, aloop: LoopRunner, server: RedisServer) -> None:
+    client = redis_asyncio.Redis(port=server.port, max_connections=1)
+
+    async def work() -> None:
+        for i in range(0, N_20K, CHUNK):
+            await client.mset(dict(PAIRS_20K[i : i + CHUNK]))
+
+    describe(benchmark, ops=N_20K)
+    bench_async(benchmark, aloop, work, rounds=10)
+    aloop.run(client.aclose())
 
 
 # -- batch put ---------------------------------------------------------------------------------
