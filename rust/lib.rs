@@ -33,6 +33,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(resp::encode_commands, m)?)?;
     m.add_function(wrap_pyfunction!(resp::hash_slot, m)?)?;
     m.add_function(wrap_pyfunction!(resp::hash_slots, m)?)?;
+    m.add_function(wrap_pyfunction!(resp::encode_msets_by_slot, m)?)?;
     m.add_function(wrap_pyfunction!(checksum::sha256, m)?)?;
     m.add_function(wrap_pyfunction!(checksum::sha256_file, m)?)?;
     m.add_class::<checksum::PySha256Hasher>()?;

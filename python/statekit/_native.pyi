@@ -19,6 +19,7 @@ __all__ = [
     "__version__",
     "decode_records",
     "encode_commands",
+    "encode_msets_by_slot",
     "encode_records",
     "hash_slot",
     "hash_slots",
@@ -90,6 +91,20 @@ def hash_slots(keys: Iterable[bytes | str]) -> list[int]:
 
     Raises:
         TypeError: a key is not ``bytes`` or ``str``, or ``keys`` is a bare string.
+    """
+
+def encode_msets_by_slot(
+    keys: list[str] | list[bytes], values: list[bytes], chunk: int
+) -> tuple[list[int], list[int], bytes]:
+    """Group ``(key, value)`` pairs by hash slot and encode one ``MSET`` per slot and chunk of
+    at most ``chunk`` pairs, slots ascending, pairs in their order within a slot.
+
+    Returns ``(slots, ends, payload)``: command ``i`` is ``payload[ends[i - 1]:ends[i]]``
+    (from 0 for the first) and belongs to slot ``slots[i]``. The encoding runs without the GIL.
+
+    Raises:
+        TypeError: a key is not ``str``/``bytes`` or a value not ``bytes``.
+        ValueError: ``keys`` and ``values`` differ in length.
     """
 
 # --- checksum ------------------------------------------------------------------------------

@@ -151,3 +151,50 @@ def test_hash_slot_type_errors(bad: object) -> None:
 def test_hash_slots_rejects_a_bare_string() -> None:
     with pytest.raises(TypeError):
         _native.hash_slots("abc")
+
+
+def reference_msets_by_slot(
+    keys: list[str], values: list[bytes], chunk: int
+) -> tuple[list[int], list[bytes]]:
+    """Plain Python: stable grouping by slot, slots ascending, chunks of ``chunk`` pairs, one MSET each."""
+    by_slot: dict[int, list[int]] = {}
+    for i, key in enumerate(keys):
+        by_slot.setdefault(reference.hash_slot(key), []).append(i)
+    slots: list[int] = []
+    commands: list[bytes] = []
+    for slot in sorted(by_slot):
+        group = by_slot[slot]
+        for start in range(0, len(group), chunk):
+            args: list[bytes | str] = ["MSET"]
+            for i in group[start : start + chunk]:
+                args += [keys[i], values[i]]
+            slots.append(slot)
+            commands.append(reference.encode_commands([args]))
+    return slots, commands
+
+
+# Keys with shared hash tags so that slots hold several keys and chunks split.
+cluster_keys = st.one_of(
+    st.text(max_size=8), st.sampled_from(["{a}", "{b}x", "{a}y", "{}", "{c}{a}"]).map(str)
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(cluster_keys, st.binary(max_size=20)), max_size=40), st.integers(1, 5))
+def test_msets_by_slot_match_the_python_reference(pairs: list[tuple[str, bytes]], chunk: int) -> None:
+    keys, values = [k for k, _ in pairs], [v for _, v in pairs]
+    slots, ends, payload = _native.encode_msets_by_slot(keys, values, chunk)
+    expected_slots, expected_commands = reference_msets_by_slot(keys, values, chunk)
+    assert slots == expected_slots
+    starts = [0, *ends[:-1]][: len(ends)]
+    assert [payload[a:b] for a, b in zip(starts, ends, strict=True)] == expected_commands
+    assert len(payload) == (ends[-1] if ends else 0)
+
+
+def test_msets_by_slot_refuse_bad_input() -> None:
+    with pytest.raises(ValueError, match="2 keys but 1 values"):
+        _native.encode_msets_by_slot(["a", "b"], [b"x"], 10)
+    with pytest.raises(TypeError, match="value 0 must be bytes"):
+        _native.encode_msets_by_slot(["a"], ["x"], 10)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="key 0 must be bytes or str"):
+        _native.encode_msets_by_slot([1], [b"x"], 10)  # type: ignore[list-item]

@@ -51,6 +51,7 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
+from statekit import _native
 from statekit._fence import Fence, check_fence
 from statekit.backends._fencing import stale_fence
 from statekit.backends.base import (
@@ -737,10 +738,23 @@ class RedisStateBackend:
         )
         names = [k for k, _ in items]
         full = [prefix + k for k in names] if prefix else names
+        together = index is not None and index.together
+        if not together and expires_at is None and not px and not self._topology.spans_slots:
+            # A cluster, plain values: the MSETs are grouped by slot and encoded in Rust, and sent
+            # per node (per-slot blocks cost more client time than the commands themselves).
+            if index is not None:  # the index first: it may lead the values, never lag
+                await self._topology.run(op, names[0], index.add_blocks(names, at, size))
+            values = [v for _, v in items]
+            step = 16 * size  # bounds one payload per node to ~16 chunks of values
+            for j in range(0, len(full), step):
+                slots, ends, payload = _native.encode_msets_by_slot(
+                    full[j : j + step], values[j : j + step], size
+                )
+                await self._topology.run_encoded(op, names[0], slots, ends, payload)
+            return
         # Group by slot (one server: a single group), then chunk: one MULTI or one run of SETs each.
         groups = self._topology.by_slot(full)
         blocks: list[Block] = []
-        together = index is not None and index.together
         for slot, idx in groups.items():
             for j in range(0, len(idx), size):
                 chunk = idx[j : j + size]
