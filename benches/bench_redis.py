@@ -80,6 +80,38 @@ def _backend(server: RedisServer, **options: object) -> RedisStateBackend:
     return RedisStateBackend(config)
 
 
+def _redispy_pipeline_puts(
+    benchmark: object, aloop: LoopRunner, server: RedisServer, pairs: list[tuple[str, bytes]], rounds: int
+) -> None:
+    """The peer: redis-py's pipeline of one SET per key."""
+    client = redis_asyncio.Redis(port=server.port, max_connections=1)
+
+    async def work() -> None:
+        pipe = client.pipeline(transaction=False)
+        for key, value in pairs:
+            pipe.set(key, value)
+        await pipe.execute()
+
+    describe(benchmark, ops=len(pairs))
+    bench_async(benchmark, aloop, work, rounds=rounds)
+    aloop.run(client.aclose())
+
+
+def _redispy_mset_puts(
+    benchmark: object, aloop: LoopRunner, server: RedisServer, pairs: list[tuple[str, bytes]], rounds: int
+) -> None:
+    """The peer: redis-py's own MSET, in the same chunks as statekit's."""
+    client = redis_asyncio.Redis(port=server.port, max_connections=1)
+
+    async def work() -> None:
+        for i in range(0, len(pairs), CHUNK):
+            await client.mset(dict(pairs[i : i + CHUNK]))
+
+    describe(benchmark, ops=len(pairs))
+    bench_async(benchmark, aloop, work, rounds=rounds)
+    aloop.run(client.aclose())
+
+
 # -- batch put, 20k keys: the issue's second size (index included; the same peers) ------------
 
 
@@ -98,30 +130,12 @@ def test_statekit_batch_put_20k(benchmark: object, aloop: LoopRunner, server: Re
 
 @put_20k_group
 def test_baseline_redispy_pipeline_20k(benchmark: object, aloop: LoopRunner, server: RedisServer) -> None:
-    client = redis_asyncio.Redis(port=server.port, max_connections=1)
-
-    async def work() -> None:
-        pipe = client.pipeline(transaction=False)
-        for key, value in PAIRS_20K:
-            pipe.set(key, value)
-        await pipe.execute()
-
-    describe(benchmark, ops=N_20K)
-    bench_async(benchmark, aloop, work, rounds=5)
-    aloop.run(client.aclose())
+    _redispy_pipeline_puts(benchmark, aloop, server, PAIRS_20K, rounds=5)
 
 
 @put_20k_group
 def test_baseline_redispy_mset_20k(benchmark: object, aloop: LoopRunner, server: RedisServer) -> None:
-    client = redis_asyncio.Redis(port=server.port, max_connections=1)
-
-    async def work() -> None:
-        for i in range(0, N_20K, CHUNK):
-            await client.mset(dict(PAIRS_20K[i : i + CHUNK]))
-
-    describe(benchmark, ops=N_20K)
-    bench_async(benchmark, aloop, work, rounds=10)
-    aloop.run(client.aclose())
+    _redispy_mset_puts(benchmark, aloop, server, PAIRS_20K, rounds=10)
 
 
 # -- batch put ---------------------------------------------------------------------------------
@@ -147,30 +161,12 @@ def test_statekit_batch_put_no_index(benchmark: object, aloop: LoopRunner, serve
 
 @put_group
 def test_baseline_redispy_pipeline(benchmark: object, aloop: LoopRunner, server: RedisServer) -> None:
-    client = redis_asyncio.Redis(port=server.port, max_connections=1)
-
-    async def work() -> None:
-        pipe = client.pipeline(transaction=False)
-        for key, value in PAIRS:
-            pipe.set(key, value)
-        await pipe.execute()
-
-    describe(benchmark, ops=N)
-    bench_async(benchmark, aloop, work, rounds=2)
-    aloop.run(client.aclose())
+    _redispy_pipeline_puts(benchmark, aloop, server, PAIRS, rounds=2)
 
 
 @put_group
 def test_baseline_redispy_mset(benchmark: object, aloop: LoopRunner, server: RedisServer) -> None:
-    client = redis_asyncio.Redis(port=server.port, max_connections=1)
-
-    async def work() -> None:
-        for i in range(0, N, CHUNK):
-            await client.mset(dict(PAIRS[i : i + CHUNK]))
-
-    describe(benchmark, ops=N)
-    bench_async(benchmark, aloop, work, rounds=5)
-    aloop.run(client.aclose())
+    _redispy_mset_puts(benchmark, aloop, server, PAIRS, rounds=5)
 
 
 @put_group
