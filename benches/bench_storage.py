@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 from tests.ci import require_module
-from tests.servers.moto_server import DUMMY_AWS_ENV, MotoServer, start_moto
+from tests.servers.moto_server import MotoServer, running_moto
 
 from _support import LoopRunner, describe
 from statekit.storage import BundleRef, FileStorage, PipelineStorage, Recipe, SqsPublisher
@@ -201,18 +201,8 @@ def test_statekit_file_storage_peak_rss(benchmark: Any, source_file: Path, tmp_p
 
 @pytest.fixture(scope="module")
 def moto() -> Iterator[MotoServer]:
-    saved = {name: os.environ.get(name) for name in DUMMY_AWS_ENV}
-    os.environ.update(DUMMY_AWS_ENV)
-    server = start_moto()
-    try:
+    with running_moto() as server:
         yield server
-    finally:
-        server.stop()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from tests.ci import skip_or_fail
@@ -98,3 +100,20 @@ def start_moto() -> MotoServer:
     server = MotoServer()
     server.start()
     return server
+
+
+@contextmanager
+def running_moto() -> Iterator[MotoServer]:
+    """A moto server with the dummy AWS credentials in the environment; both undone on exit."""
+    saved = {name: os.environ.get(name) for name in DUMMY_AWS_ENV}
+    os.environ.update(DUMMY_AWS_ENV)
+    server = start_moto()
+    try:
+        yield server
+    finally:
+        server.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

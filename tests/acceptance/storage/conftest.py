@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers.moto_server import DUMMY_AWS_ENV, MotoServer, start_moto
+from tests.servers.moto_server import MotoServer, running_moto
 from tests.unit.storage.conftest import chunks
 
 __all__ = ["AwsPlace", "chunks"]
@@ -18,18 +17,8 @@ __all__ = ["AwsPlace", "chunks"]
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
-    saved = {name: os.environ.get(name) for name in DUMMY_AWS_ENV}
-    os.environ.update(DUMMY_AWS_ENV)
-    server = start_moto()
-    try:
+    with running_moto() as server:
         yield server
-    finally:
-        server.stop()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @dataclass

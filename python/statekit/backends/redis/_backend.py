@@ -560,30 +560,27 @@ class RedisStateBackend:
         self, start: str, end: str | None = None, limit: int | None = None
     ) -> list[tuple[str, bytes]]:
         """Live ``(key, value)`` pairs with ``start <= key < end`` (``end=None``: unbounded)."""
-        start = _bound(start)
-        end = None if end is None else _bound(end)
-        limit = check_limit(limit)
-        self._open()
-        index = self._range_index("scan_range")
-        if limit == 0:
-            return []
-        rows = await self._scan(index, "scan_range", start, end, limit, bounded=True)
-        self._stats.bytes_read += sum(len(v) for _, v in rows)
-        return rows
+        return await self._ranged("scan_range", start, end, limit, bounded=True)
 
     # -- ranges --------------------------------------------------------------------------
 
     async def range(
         self, start: str, end: str | None = None, limit: int | None = None
     ) -> list[tuple[str, bytes]]:
+        return await self._ranged("range", start, end, limit, bounded=False)
+
+    async def _ranged(
+        self, op: str, start: str, end: str | None, limit: int | None, *, bounded: bool
+    ) -> list[tuple[str, bytes]]:
+        """``range``/``scan_range``: arguments checked like every other backend's, then the index."""
         start = _bound(start)
         end = None if end is None else _bound(end)
-        limit = check_limit(limit)  # the same rule (and error) as every other backend
+        limit = check_limit(limit)
         self._open()
-        index = self._range_index("range")
+        index = self._range_index(op)
         if limit == 0:
             return []
-        rows = await self._scan(index, "range", start, end, limit)
+        rows = await self._scan(index, op, start, end, limit, bounded=bounded)
         self._stats.bytes_read += sum(len(v) for _, v in rows)
         return rows
 
